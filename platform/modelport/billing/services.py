@@ -1,0 +1,141 @@
+"""Credit ledger services.
+
+Every balance change is one `LedgerEntry` plus one conditional UPDATE of the cached balance in
+the same transaction; nothing reads a balance into Python and writes it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Sum
+
+from modelport.billing.models import MICRO, CreditAccount, HardwareClass, LedgerEntry, Price
+
+if TYPE_CHECKING:
+    from modelport.gateway.models import Prediction
+
+DEFAULT_PRICES = {
+    HardwareClass.CPU: (MICRO // 10, MICRO),  # 0.1 credit a call + 1 credit per compute-second
+    HardwareClass.GPU: (MICRO // 10, 5 * MICRO),
+}
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, *, balance: int, required: int) -> None:
+        super().__init__(f"balance {balance} µc cannot cover {required} µc")
+        self.balance = balance
+        self.required = required
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Prices copied onto a call when it is admitted (µc)."""
+
+    hardware: str
+    base: int
+    per_second: int
+    royalty: int
+
+    def max_price(self, deadline_s: float) -> int:
+        return self.base + self.royalty + self.compute(int(deadline_s * 1_000_000))
+
+    def compute(self, compute_us: int) -> int:
+        # Rounded up to whole µc per call so a call is never free by truncation; exact integers.
+        return -(-compute_us * self.per_second // 1_000_000)
+
+    def price(self, compute_us: int) -> int:
+        return self.base + self.royalty + self.compute(compute_us)
+
+
+def account_open(*, user: AbstractBaseUser, credits: int | None = None) -> CreditAccount:
+    """Create `user`'s account with the signup grant (or exactly `credits` credits)."""
+    grant = (settings.MODELPORT_SIGNUP_CREDITS if credits is None else credits) * MICRO
+    with transaction.atomic():
+        account = CreditAccount.objects.create(user=user, balance=0)
+        if grant:
+            _apply(account_id=account.pk, amount=grant, kind=LedgerEntry.Kind.GRANT, memo="signup grant")
+            account.refresh_from_db(fields=["balance"])
+    return account
+
+
+def account_for(*, user: AbstractBaseUser) -> CreditAccount:
+    account = CreditAccount.objects.filter(user=user).first()
+    return account if account is not None else account_open(user=user)
+
+
+def quote_for(*, hardware: str = HardwareClass.CPU, royalty: int = 0) -> Quote:
+    row = Price.objects.filter(hardware=hardware).first()
+    base, per_second = (row.base_per_call, row.per_second) if row else DEFAULT_PRICES[HardwareClass(hardware)]
+    return Quote(hardware=hardware, base=base, per_second=per_second, royalty=royalty)
+
+
+def _apply(*, account_id: int, amount: int, kind: str, prediction: Prediction | None = None, memo: str = "",
+           created_by: AbstractBaseUser | None = None) -> bool:
+    """Add `amount` (µc, may be negative) to the balance unless that would go below zero.
+
+    Must run inside a transaction. Returns False (and writes nothing) when refused.
+    """
+    updated = CreditAccount.objects.filter(pk=account_id, balance__gte=-amount if amount < 0 else 0).update(
+        balance=F("balance") + amount
+    )
+    if not updated:
+        return False
+    LedgerEntry.objects.create(
+        account_id=account_id, kind=kind, amount=amount, prediction=prediction, memo=memo, created_by=created_by
+    )
+    return True
+
+
+def credits_hold(*, account_id: int, amount: int, prediction: Prediction) -> None:
+    """Take a hold of `amount` µc for `prediction`, atomically. Raises InsufficientCredits.
+
+    Must run inside the transaction that creates the prediction.
+    """
+    if not _apply(account_id=account_id, amount=-amount, kind=LedgerEntry.Kind.HOLD, prediction=prediction):
+        balance = CreditAccount.objects.filter(pk=account_id).values_list("balance", flat=True).first() or 0
+        raise InsufficientCredits(balance=balance, required=amount)
+
+
+def credits_settle(*, prediction: Prediction, charged: int, royalty: int, owner_account_id: int | None) -> None:
+    """Settle `prediction`'s hold at `charged` µc; return the rest; credit `royalty` to the owner.
+
+    Must run inside the transaction that moves the prediction to a terminal state (that
+    conditional update is what makes this happen exactly once).
+    """
+    refund = prediction.hold_amount - charged
+    assert refund >= 0, "a call is never charged more than its hold"
+    _apply(account_id=prediction.account_id, amount=refund, kind=LedgerEntry.Kind.SETTLE, prediction=prediction,
+           memo=f"charged {charged} µc")
+    if royalty and owner_account_id is not None:
+        _apply(account_id=owner_account_id, amount=royalty, kind=LedgerEntry.Kind.ROYALTY, prediction=prediction)
+
+
+def credits_release(*, prediction: Prediction, memo: str = "") -> None:
+    """Return `prediction`'s whole hold. Same transaction rule as `credits_settle`."""
+    _apply(account_id=prediction.account_id, amount=prediction.hold_amount, kind=LedgerEntry.Kind.RELEASE,
+           prediction=prediction, memo=memo)
+
+
+def credits_grant(*, user: AbstractBaseUser, credits_micro: int, kind: str = LedgerEntry.Kind.GRANT, memo: str,
+                  created_by: AbstractBaseUser | None = None) -> bool:
+    account = account_for(user=user)
+    with transaction.atomic():
+        return _apply(account_id=account.pk, amount=credits_micro, kind=kind, memo=memo, created_by=created_by)
+
+
+def ledger_drift(*, account: CreditAccount) -> int:
+    """Cached balance minus the sum of the ledger (0 when consistent)."""
+    total = LedgerEntry.objects.filter(account=account).aggregate(total=Sum("amount"))["total"] or 0
+    account.refresh_from_db(fields=["balance"])
+    return account.balance - total
+
+
+def format_credits(micro: int) -> str:
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    return f"{sign}{whole}.{frac:06d}"

@@ -1,0 +1,200 @@
+"""Modelport settings, read from the environment (see README "Configuration").
+
+MODELPORT_ENV selects the posture: "development" (the default for `make run` and tests) allows
+insecure defaults; "production" requires SECRET_KEY and DATABASE_URL and refuses DEBUG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from modelport.config.env import env_bool, env_float, env_int, env_list, env_str, env_url
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+VAR_DIR = REPO_ROOT / "var"
+
+MODELPORT_ENV = env_str("MODELPORT_ENV", "development")
+if MODELPORT_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured(f"MODELPORT_ENV={MODELPORT_ENV!r} must be development or production")
+DEVELOPMENT = MODELPORT_ENV == "development"
+
+DEBUG = env_bool("MODELPORT_DEBUG", False)
+if DEBUG and not DEVELOPMENT:
+    raise ImproperlyConfigured("MODELPORT_DEBUG=1 is refused with MODELPORT_ENV=production")
+
+if DEVELOPMENT:
+    SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-secret-key-change-me-0123456789abcdef")
+else:
+    SECRET_KEY = env_str("SECRET_KEY")
+    if len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "modelport.accounts",
+    "modelport.billing",
+    "modelport.registry",
+    "modelport.gateway",
+    "modelport.dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "modelport.config.urls"
+ASGI_APPLICATION = "modelport.config.asgi.application"
+WSGI_APPLICATION = "modelport.config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [REPO_ROOT / "frontend" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_default_db = f"sqlite:///{VAR_DIR / 'modelport.sqlite3'}" if DEVELOPMENT else None
+_database_url = env_str("DATABASE_URL", _default_db) if _default_db else env_str("DATABASE_URL")
+if _database_url == _default_db:
+    VAR_DIR.mkdir(exist_ok=True)
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite serializes writers; a busy timeout makes concurrent web/worker writes wait, not fail.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [REPO_ROOT / "frontend" / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+
+# --- Redis, Celery ----------------------------------------------------------------------------
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
+# Every key the data plane writes starts with this prefix, so several deployments (or test runs)
+# can share one Redis server.
+MODELPORT_REDIS_PREFIX = env_str("MODELPORT_REDIS_PREFIX", "mp")
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("MODELPORT_CONVERT_VISIBILITY_S", 3600)}
+CELERY_TASK_DEFAULT_QUEUE = f"{MODELPORT_REDIS_PREFIX}.convert"
+# Conversion (minutes, CPU-heavy) and control (load/unload, reaping) never share a queue with
+# each other; inference itself does not travel through Celery at all (see gateway/dispatch.py).
+CELERY_QUEUE_CONVERT = f"{MODELPORT_REDIS_PREFIX}.convert"
+CELERY_QUEUE_CONTROL = f"{MODELPORT_REDIS_PREFIX}.control"
+CELERY_TASK_ROUTES = {
+    "modelport.registry.tasks.*": {"queue": CELERY_QUEUE_CONVERT},
+    "modelport.gateway.tasks.*": {"queue": CELERY_QUEUE_CONTROL},
+    "modelport.billing.tasks.*": {"queue": CELERY_QUEUE_CONTROL},
+}
+CELERY_BEAT_SCHEDULE = {
+    "reap-predictions": {
+        "task": "modelport.gateway.tasks.predictions_reap",
+        "schedule": 15.0,
+    },
+    "reap-versions": {
+        "task": "modelport.registry.tasks.versions_reap",
+        "schedule": 60.0,
+    },
+}
+
+# --- Modelport ----------------------------------------------------------------------------------
+MODELPORT_ARTIFACT_ROOT = Path(env_str("MODELPORT_ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
+MODELPORT_MAX_UPLOAD_BYTES = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1) * 1024 * 1024
+MODELPORT_MAX_REQUEST_BYTES = env_int("MODELPORT_MAX_REQUEST_MB", 16, minimum=1) * 1024 * 1024
+MODELPORT_MAX_TENSOR_ELEMENTS = env_int("MODELPORT_MAX_TENSOR_ELEMENTS", 16_000_000, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MODELPORT_MAX_REQUEST_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+FILE_UPLOAD_TEMP_DIR = None
+
+MODELPORT_SIGNUP_CREDITS = env_int("MODELPORT_SIGNUP_CREDITS", 50_000, minimum=0)
+# Default and maximum time a call may wait for a worker plus run, in seconds.
+MODELPORT_CALL_DEADLINE_S = env_float("MODELPORT_CALL_DEADLINE_S", 30.0, minimum=0.1)
+# A worker whose heartbeat is older than this is not routed to.
+MODELPORT_WORKER_STALE_S = env_float("MODELPORT_WORKER_STALE_S", 15.0, minimum=1.0)
+MODELPORT_HEARTBEAT_S = env_float("MODELPORT_HEARTBEAT_S", 2.0, minimum=0.1)
+MODELPORT_VALIDATION_TIMEOUT_S = env_int("MODELPORT_VALIDATION_TIMEOUT_S", 600, minimum=1)
+MODELPORT_ALLOW_UNSANDBOXED = env_bool("MODELPORT_ALLOW_UNSANDBOXED", False)
+if MODELPORT_ALLOW_UNSANDBOXED and not DEVELOPMENT:
+    raise ImproperlyConfigured("MODELPORT_ALLOW_UNSANDBOXED=1 is refused with MODELPORT_ENV=production")
+MODELPORT_HOST_MEMORY_BUDGET_MB = env_int("MODELPORT_HOST_MEMORY_BUDGET_MB", 4096, minimum=16)
+MODELPORT_SESSION_THREADS = env_int("MODELPORT_SESSION_THREADS", 1, minimum=0)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "modelport.accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "modelport.common.problems.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Modelport API",
+    "DESCRIPTION": "Upload PyTorch/ONNX models and call them as a metered API.",
+    "VERSION": "0.1.0",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("MODELPORT_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

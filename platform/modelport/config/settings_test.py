@@ -1,0 +1,17 @@
+"""Settings for the test suite: real Postgres and Redis on loopback, a private artifact root and a
+private Redis key prefix, so a test run never touches another run's data. The worker processes
+the tests start inherit these variables (see tests/stack.py)."""
+
+import os
+import tempfile
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modelport")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/12")
+os.environ.setdefault("MODELPORT_REDIS_PREFIX", f"mptest{os.getpid()}")
+os.environ.setdefault("MODELPORT_ARTIFACT_ROOT", tempfile.mkdtemp(prefix="mp-test-artifacts-"))
+os.environ.setdefault("MODELPORT_CALL_DEADLINE_S", "20")
+os.environ.setdefault("MODELPORT_HEARTBEAT_S", "0.5")
+
+from modelport.config.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,33 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from modelport.accounts import api as accounts_api
+from modelport.gateway import api as gateway_api
+from modelport.registry import api as registry_api
+
+M = "api/v1/models/<str:owner>/<str:name>"
+
+api_v1 = [
+    path("api/v1/account", gateway_api.AccountView.as_view()),
+    path("api/v1/keys", accounts_api.KeyListView.as_view()),
+    path("api/v1/keys/<str:prefix>", accounts_api.KeyDetailView.as_view()),
+    path("api/v1/models", registry_api.ModelListView.as_view()),
+    path(M, registry_api.ModelDetailView.as_view()),
+    path(f"{M}/versions", registry_api.VersionListView.as_view()),
+    path(f"{M}/versions/<int:number>", registry_api.VersionDetailView.as_view()),
+    path(f"{M}/predictions", gateway_api.prediction_create),
+    path(f"{M}/versions/<int:number>/predictions", gateway_api.prediction_create),
+    path("api/v1/predictions", gateway_api.PredictionListView.as_view()),
+    path("api/v1/predictions/<str:prediction_id>", gateway_api.PredictionDetailView.as_view()),
+    path("api/v1/predictions/<str:prediction_id>/cancel", gateway_api.PredictionCancelView.as_view()),
+]
+
+urlpatterns = [
+    *api_v1,
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("healthz", gateway_api.health_live),
+    path("admin/", admin.site.urls),
+    path("", include("modelport.dashboard.urls")),
+]

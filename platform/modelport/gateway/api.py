@@ -1,0 +1,210 @@
+"""Native predictions API (CONTRACT §4). The create view is async: while a call waits for its
+worker no thread is held (the wait is an awaited BLPOP on the reply list)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from modelport.accounts.models import ApiKey
+from modelport.accounts.services import api_key_authenticate, bearer_token
+from modelport.common.problems import Problem, problem_response
+from modelport.gateway import dispatch, services
+from modelport.gateway.models import Prediction
+from modelport.gateway.tensors import inputs_from_json, reject_constant
+from workers import wire
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:=(\d+(?:\.\d+)?))?(?:$|[,;\s])")
+_clients: dict[int, aioredis.Redis] = {}
+_router = dispatch.Router()
+
+
+def redis_client() -> aioredis.Redis:
+    """One asyncio Redis pool per event loop (uvicorn runs one loop per process)."""
+    import asyncio
+
+    loop_id = id(asyncio.get_running_loop())
+    client = _clients.get(loop_id)
+    if client is None:
+        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, max_connections=512)
+        _clients[loop_id] = client
+    return client
+
+
+def prefer_wait(header: str | None) -> float | None:
+    """Seconds to wait from `Prefer: wait[=N]`; None without it."""
+    if not header:
+        return None
+    match = _PREFER_WAIT.search(header)
+    if match is None:
+        return None
+    return float(match.group(1)) if match.group(1) else services.call_deadline_s()
+
+
+def authenticate(request: HttpRequest) -> ApiKey:
+    token = bearer_token(request.META.get("HTTP_AUTHORIZATION"))
+    if token is None:
+        raise Problem(401, "send 'Authorization: Bearer <api key>'")
+    key = api_key_authenticate(raw=token)
+    if key is None:
+        raise Problem(401, "invalid or revoked API key")
+    return key
+
+
+def _admit_native(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ...]:
+    """Everything before dispatch, in one thread hop: auth, lookup, input checks, hold."""
+    close_old_connections()
+    api_key = authenticate(request)
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if length > settings.MODELPORT_MAX_REQUEST_BYTES:
+        raise Problem(413, f"request body exceeds {settings.MODELPORT_MAX_REQUEST_BYTES} bytes")
+    version = services.version_resolve(user=api_key.user, owner=owner, name=name, number=number)
+    try:
+        body = json.loads(request.body or b"{}", parse_constant=reject_constant)
+    except ValueError as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or "input" not in body:
+        raise Problem(400, "the body must be an object with an 'input' object", errors={"input": ["required"]})
+    arrays = inputs_from_json(version.signature, body["input"], max_elements=settings.MODELPORT_MAX_TENSOR_ELEMENTS)
+    idem = request.headers.get("Idempotency-Key")
+    if idem is not None and not (0 < len(idem) <= 200):
+        raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
+    admission = services.prediction_admit(
+        api_key=api_key, version=version, protocol="native", deadline_s=services.call_deadline_s(),
+        idempotency_key=idem, request_id=request.headers.get("X-Request-Id", "") or uuid.uuid4().hex,
+    )
+    data = services.prediction_data(admission.prediction) if admission.existing else None
+    return admission, arrays, data
+
+
+async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: str,
+                        tensors: list[tuple[str, Any]]) -> None:
+    client = redis_client()
+    if _router.needs_refresh():
+        _router.refresh(await client.hgetall(dispatch.workers_key()))
+    header = {
+        "id": prediction.id, "version_id": version_id, "protocol": protocol,
+        "reply": dispatch.reply_key(prediction.id), "enqueued": time.time(),
+        "deadline": prediction.deadline_at.timestamp(), "request_id": prediction.request_id,
+    }
+    await client.rpush(_router.queue_for(version_id), wire.pack(header, tensors))
+
+
+async def await_reply(prediction: Prediction, wait_s: float) -> tuple[dict[str, Any], list] | None:
+    """The worker's reply, or None if `wait_s` passed first. After the call's own deadline has
+    passed the call is failed here (hold released), and the reply says so."""
+    client = redis_client()
+    remaining_deadline = prediction.deadline_at.timestamp() - time.time()
+    timeout = max(min(wait_s, remaining_deadline), 0.01)
+    item = await client.blpop([dispatch.reply_key(prediction.id)], timeout=timeout)
+    if item is not None:
+        return wire.unpack(item[1])
+    if time.time() >= prediction.deadline_at.timestamp():
+        failed = await sync_to_async(services.prediction_fail, thread_sensitive=False)(
+            prediction_id=prediction.id, code="deadline", message="no worker answered before the deadline")
+        if failed is None:  # the worker finished at the last moment: take its reply
+            item = await client.blpop([dispatch.reply_key(prediction.id)], timeout=1)
+            if item is not None:
+                return wire.unpack(item[1])
+        return {"ok": False, "status": 503, "code": "deadline",
+                "message": "no worker answered before the deadline"}, []
+    return None
+
+
+async def _lost_broker(prediction: Prediction, exc: Exception) -> HttpResponse:
+    await sync_to_async(services.prediction_fail, thread_sensitive=False)(
+        prediction_id=prediction.id, code="broker_unavailable", message=f"the call could not be routed: {exc}")
+    return problem_response(Problem(503, "the serving queue is unavailable; nothing was charged"))
+
+
+@csrf_exempt
+async def prediction_create(request: HttpRequest, owner: str, name: str, number: int | None = None) -> HttpResponse:
+    if request.method != "POST":
+        return problem_response(Problem(405, "use POST"))
+    try:
+        admission, arrays, existing = await sync_to_async(_admit_native, thread_sensitive=False)(
+            request, owner, name, number)
+    except Problem as problem:
+        return problem_response(problem)
+    prediction = admission.prediction
+    if existing is not None:
+        return JsonResponse(existing, status=200 if prediction.status in Prediction.TERMINAL else 202)
+    try:
+        await dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="native", tensors=arrays)
+    except aioredis.RedisError as exc:
+        return await _lost_broker(prediction, exc)
+    wait = prefer_wait(request.headers.get("Prefer"))
+    if wait is None:
+        data = await sync_to_async(services.prediction_data, thread_sensitive=False)(prediction)
+        return JsonResponse(data, status=201)
+    try:
+        reply = await await_reply(prediction, wait)
+    except aioredis.RedisError as exc:
+        return await _lost_broker(prediction, exc)
+    if reply is None:
+        data = await sync_to_async(services.prediction_data, thread_sensitive=False)(prediction)
+        return JsonResponse(data, status=202)
+    payload, _ = reply
+    if payload["ok"]:
+        return JsonResponse(payload["prediction"], status=200, headers={"Preference-Applied": "wait"})
+    return problem_response(Problem(payload["status"], payload["message"], code=payload["code"],
+                                    prediction_id=prediction.id))
+
+
+def prediction_for(*, user: Any, prediction_id: str) -> Prediction:
+    prediction = (Prediction.objects.select_related("version__model__owner")
+                  .filter(pk=prediction_id, user=user).first())
+    if prediction is None:
+        raise Problem(404, f"prediction {prediction_id} not found")
+    return prediction
+
+
+class PredictionDetailView(APIView):
+    def get(self, request: Request, prediction_id: str) -> Response:
+        return Response(services.prediction_data(prediction_for(user=request.user, prediction_id=prediction_id)))
+
+
+class PredictionCancelView(APIView):
+    def post(self, request: Request, prediction_id: str) -> Response:
+        prediction = prediction_for(user=request.user, prediction_id=prediction_id)
+        services.prediction_fail(prediction_id=prediction.pk, code="canceled", message="canceled by the caller",
+                                 status=Prediction.Status.CANCELED)
+        return Response(services.prediction_data(prediction_for(user=request.user, prediction_id=prediction_id)))
+
+
+class PredictionListView(APIView):
+    def get(self, request: Request) -> Response:
+        qs = Prediction.objects.select_related("version__model__owner").filter(user=request.user)
+        cursor = request.query_params.get("cursor")
+        if cursor:
+            qs = qs.filter(created_at__lt=cursor)
+        page = list(qs.order_by("-created_at")[:50])
+        next_cursor = page[-1].created_at.isoformat() if len(page) == 50 else None
+        return Response({"results": [services.prediction_data(p) for p in page], "next": next_cursor})
+
+
+class AccountView(APIView):
+    def get(self, request: Request) -> Response:
+        from modelport.billing.models import MICRO
+        from modelport.billing.services import account_for
+
+        account = account_for(user=request.user)
+        return Response({"username": request.user.username, "credits": account.balance / MICRO,
+                         "credits_micro": account.balance, "is_staff": request.user.is_staff})
+
+
+def health_live(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})

@@ -1,0 +1,76 @@
+"""The data plane: how a call reaches a serving worker and how its answer comes back.
+
+Celery's message costs ~3.5 CPU-ms (FINDINGS), so inference bypasses it: the web tier RPUSHes a
+`workers.wire` frame onto a Redis list and BLPOPs the reply list named in the frame.
+
+Keys (all under MODELPORT_REDIS_PREFIX):
+- `q:v<version_id>`  calls for a version, popped by workers that have it loaded;
+- `q:cold`           calls for versions no live worker has loaded (any worker pops, loads);
+- `reply:<prediction_id>` one reply frame, expiring;
+- `workers`          hash worker-id → heartbeat JSON (host, device, memory, loaded versions…).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from django.conf import settings
+
+REPLY_TTL_S = 300
+
+
+def key(*parts: str) -> str:
+    return ":".join((settings.MODELPORT_REDIS_PREFIX, *parts))
+
+
+def version_queue(version_id: int) -> str:
+    return key("q", f"v{version_id}")
+
+
+def cold_queue() -> str:
+    return key("q", "cold")
+
+
+def reply_key(prediction_id: str) -> str:
+    return key("reply", prediction_id)
+
+
+def workers_key() -> str:
+    return key("workers")
+
+
+def live_workers(raw: dict[bytes | str, bytes | str], *, now: float | None = None) -> list[dict[str, Any]]:
+    now = time.time() if now is None else now
+    out = []
+    for value in raw.values():
+        beat = json.loads(value)
+        beat["stale"] = now - beat.get("ts", 0) > settings.MODELPORT_WORKER_STALE_S
+        out.append(beat)
+    return out
+
+
+class Router:
+    """Chooses the queue for a version from recent heartbeats (cached briefly per process)."""
+
+    def __init__(self, ttl_s: float = 0.5) -> None:
+        self.ttl_s = ttl_s
+        self._fetched = 0.0
+        self._hosting: dict[int, int] = {}
+
+    def needs_refresh(self) -> bool:
+        return time.monotonic() - self._fetched > self.ttl_s
+
+    def refresh(self, raw: dict[Any, Any]) -> None:
+        hosting: dict[int, int] = {}
+        for beat in live_workers(raw):
+            if beat["stale"]:
+                continue
+            for vid in beat.get("loaded", []):
+                hosting[int(vid)] = hosting.get(int(vid), 0) + 1
+        self._hosting = hosting
+        self._fetched = time.monotonic()
+
+    def queue_for(self, version_id: int) -> str:
+        return version_queue(version_id) if self._hosting.get(version_id) else cold_queue()

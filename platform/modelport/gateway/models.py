@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+def new_prediction_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Prediction(models.Model):
+    """One metered call. Its hold and settlement live in the ledger (billing.LedgerEntry)."""
+
+    class Status(models.TextChoices):
+        STARTING = "starting"
+        PROCESSING = "processing"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_prediction_id, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="predictions")
+    account = models.ForeignKey("billing.CreditAccount", on_delete=models.PROTECT, related_name="predictions")
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL)
+    version = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="predictions")
+    protocol = models.CharField(max_length=8, default="native")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING, db_index=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    quote = models.JSONField(default=dict)
+    hardware = models.CharField(max_length=8, blank=True)
+    hold_amount = models.BigIntegerField(default=0)
+    charged = models.BigIntegerField(default=0)
+    royalty = models.BigIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "idempotency_key"], name="unique_idempotency_key_per_user"),
+            models.CheckConstraint(condition=models.Q(charged__lte=models.F("hold_amount")), name="charged_within_hold"),
+        ]
+        indexes = [models.Index(fields=["status", "deadline_at"])]
+
+    def __str__(self) -> str:
+        return self.id

@@ -1,0 +1,194 @@
+"""Prediction lifecycle: admission (hold), completion (settle) and failure (release).
+
+Exactly-once: every terminal transition is a conditional UPDATE on the prediction's status
+inside the transaction that writes the matching ledger entries; whoever loses the race
+(web waiter timing out vs. worker finishing vs. reaper) changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from modelport.accounts.models import ApiKey
+from modelport.billing import services as billing
+from modelport.billing.models import CreditAccount
+from modelport.common.problems import Problem
+from modelport.gateway.models import Prediction
+from modelport.registry import selectors as registry
+from modelport.registry.models import ModelVersion
+
+
+@dataclass
+class Admission:
+    prediction: Prediction
+    version: ModelVersion
+    existing: bool = False  # an Idempotency-Key replay: nothing new was held or dispatched
+
+
+def version_resolve(*, user: Any, owner: str, name: str, number: int | None) -> ModelVersion:
+    """The version a call goes to, or a problem: 404 unknown/foreign, 503 not ready or disabled."""
+    model = registry.model_access(user=user, owner=owner, name=name)
+    version = registry.version_get(model=model, number=number) if number else registry.version_default(model=model)
+    if version is None:
+        raise Problem(503, f"model {owner}/{name} has no ready version yet")
+    if version.status != ModelVersion.Status.READY:
+        raise Problem(503, f"version {version.number} of {owner}/{name} is {version.status}, not ready")
+    if version.disabled:
+        raise Problem(503, f"version {version.number} of {owner}/{name} is disabled")
+    version.model = model
+    return version
+
+
+def prediction_admit(*, api_key: ApiKey, version: ModelVersion, protocol: str, deadline_s: float,
+                     idempotency_key: str | None = None, request_id: str = "") -> Admission:
+    """Create a prediction and hold its maximum price. Raises Problem(402) when not covered."""
+    user = api_key.user
+    if idempotency_key:
+        existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return Admission(prediction=existing, version=existing.version, existing=True)
+    model = version.model
+    royalty = model.royalty_per_call if model.owner_id != user.pk else 0
+    quote = billing.quote_for(hardware="cpu", royalty=royalty)
+    hold = quote.max_price(deadline_s)
+    account_id = CreditAccount.objects.filter(user=user).values_list("pk", flat=True).first()
+    if account_id is None:
+        account_id = billing.account_open(user=user, credits=0).pk
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            prediction = Prediction.objects.create(
+                user=user, account_id=account_id, api_key=api_key, version=version, protocol=protocol,
+                quote={"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
+                       "royalty": quote.royalty, "owner_id": model.owner_id},
+                hold_amount=hold, idempotency_key=idempotency_key or None, request_id=request_id,
+                deadline_at=now + timedelta(seconds=deadline_s),
+            )
+            billing.credits_hold(account_id=account_id, amount=hold, prediction=prediction)
+    except billing.InsufficientCredits as exc:
+        raise Problem(
+            402,
+            f"this call needs up to {billing.format_credits(exc.required)} credits and the balance is "
+            f"{billing.format_credits(exc.balance)}",
+            balance=exc.balance / billing.MICRO, required=exc.required / billing.MICRO,
+        ) from None
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        existing = Prediction.objects.get(user=user, idempotency_key=idempotency_key)
+        return Admission(prediction=existing, version=existing.version, existing=True)
+    prediction.version = version
+    return Admission(prediction=prediction, version=version)
+
+
+def _owner_account_id(prediction: Prediction) -> int | None:
+    owner_id = prediction.quote.get("owner_id")
+    return CreditAccount.objects.filter(user_id=owner_id).values_list("pk", flat=True).first()
+
+
+def prediction_succeed(*, prediction_id: str, output: dict[str, Any] | None, compute_us: int, queue_ms: float,
+                       batch_size: int, hardware: str, worker: str, started_at: datetime,
+                       compute_share_us: int | None = None) -> Prediction | None:
+    """Record the result and settle the hold at the actual price. None if already terminal."""
+    with transaction.atomic():
+        prediction = (Prediction.objects.select_for_update(of=("self",)).select_related("version__model__owner")
+                      .filter(pk=prediction_id, status__in=[Prediction.Status.STARTING, Prediction.Status.PROCESSING])
+                      .first())
+        if prediction is None:
+            return None
+        q = prediction.quote
+        quote = billing.Quote(hardware=hardware, base=q["base"], per_second=q["per_second"], royalty=q["royalty"])
+        billed_us = compute_us if compute_share_us is None else compute_share_us
+        charged = min(quote.price(billed_us), prediction.hold_amount)
+        now = timezone.now()
+        prediction.status = Prediction.Status.SUCCEEDED
+        prediction.output = output
+        prediction.hardware = hardware
+        prediction.worker = worker
+        prediction.started_at = started_at
+        prediction.completed_at = now
+        prediction.charged = charged
+        prediction.royalty = quote.royalty
+        prediction.metrics = {
+            "queue_ms": round(queue_ms, 3),
+            "compute_ms": round(compute_us / 1000.0, 3),
+            "total_ms": round((now - prediction.created_at).total_seconds() * 1000.0, 3),
+            "batch_size": batch_size,
+        }
+        prediction.save(update_fields=["status", "output", "hardware", "worker", "started_at", "completed_at",
+                                       "charged", "royalty", "metrics"])
+        billing.credits_settle(prediction=prediction, charged=charged, royalty=quote.royalty,
+                               owner_account_id=_owner_account_id(prediction) if quote.royalty else None)
+    return prediction
+
+
+def prediction_fail(*, prediction_id: str, code: str, message: str,
+                    status: str = Prediction.Status.FAILED) -> Prediction | None:
+    """Fail (or cancel) a non-terminal prediction and release its whole hold. None if terminal."""
+    with transaction.atomic():
+        prediction = (Prediction.objects.select_for_update()
+                      .filter(pk=prediction_id, status__in=[Prediction.Status.STARTING, Prediction.Status.PROCESSING])
+                      .first())
+        if prediction is None:
+            return None
+        prediction.status = status
+        prediction.error = {"code": code, "message": message}
+        prediction.completed_at = timezone.now()
+        prediction.save(update_fields=["status", "error", "completed_at"])
+        billing.credits_release(prediction=prediction, memo=code)
+    return prediction
+
+
+def predictions_reap(*, grace_s: float = 5.0) -> int:
+    """Fail calls whose deadline passed without a result (lost worker, lost message, dead web
+    process) and release their holds. Safe to run concurrently with anything."""
+    cutoff = timezone.now() - timedelta(seconds=grace_s)
+    ids = list(Prediction.objects.filter(
+        status__in=[Prediction.Status.STARTING, Prediction.Status.PROCESSING], deadline_at__lt=cutoff,
+    ).values_list("pk", flat=True)[:1000])
+    reaped = 0
+    for pid in ids:
+        if prediction_fail(prediction_id=pid, code="deadline", message="no worker answered before the deadline"):
+            reaped += 1
+    return reaped
+
+
+def outputs_to_json(outputs: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
+    return {name: arr.tolist() for name, arr in outputs}
+
+
+def prediction_data(prediction: Prediction, *, base_url: str = "") -> dict[str, Any]:
+    version = prediction.version
+    model = version.model
+    return {
+        "id": prediction.id,
+        "model": f"{model.owner.username}/{model.name}",
+        "version": version.number,
+        "status": prediction.status,
+        "output": prediction.output,
+        "error": prediction.error,
+        "metrics": prediction.metrics or {"queue_ms": None, "compute_ms": None, "total_ms": None, "batch_size": None},
+        "credits": {
+            "charged": prediction.charged / billing.MICRO,
+            "royalty": prediction.royalty / billing.MICRO,
+            "charged_micro": prediction.charged,
+        },
+        "created_at": prediction.created_at.isoformat(),
+        "started_at": prediction.started_at.isoformat() if prediction.started_at else None,
+        "completed_at": prediction.completed_at.isoformat() if prediction.completed_at else None,
+        "urls": {
+            "get": f"{base_url}/api/v1/predictions/{prediction.id}",
+            "cancel": f"{base_url}/api/v1/predictions/{prediction.id}/cancel",
+        },
+    }
+
+
+def call_deadline_s() -> float:
+    return float(settings.MODELPORT_CALL_DEADLINE_S)

@@ -1,0 +1,107 @@
+"""Celery tasks for the registry: thin interfaces over workers/ (validation, conversion)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from celery import shared_task
+from django.conf import settings
+
+from modelport.registry import services
+from modelport.registry.models import ModelVersion
+from modelport.registry.storage import artifact_store
+from workers.onnx_validate import validate_in_subprocess
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def model_version_process(version_id: int) -> None:
+    """Validate (and for PyTorch formats, convert) one version. Idempotent: claims it first."""
+    timeout = settings.MODELPORT_VALIDATION_TIMEOUT_S
+    if not services.version_claim(version_id=version_id, stale_after_s=2 * timeout):
+        log.info("version %s already claimed or finished", version_id)
+        return
+    version = ModelVersion.objects.get(pk=version_id)
+    store = artifact_store()
+    with tempfile.TemporaryDirectory(prefix="mp-version-") as tmp:
+        work = Path(tmp)
+        report: dict = {}
+        conversion_log = ""
+        if version.format == ModelVersion.Format.ONNX:
+            onnx_path = store.copy_to(version.upload_sha256, work / "model.onnx")
+        else:
+            services.version_transition(version_id=version_id, to=ModelVersion.Status.CONVERTING)
+            converted = _convert(version, work)
+            if converted is None:
+                return
+            onnx_path, report, conversion_log = converted
+        result = validate_in_subprocess(onnx_path, timeout_s=timeout)
+        if not result.ok:
+            services.version_fail(version_id=version_id, code=result.error_code or "invalid",
+                                  message=result.error_message or "validation failed", log=conversion_log)
+            return
+        signature = result.signature or {}
+        if version.declared_outputs:
+            names = [o["name"] for o in signature.get("outputs", [])]
+            if names != version.declared_outputs and version.format == ModelVersion.Format.ONNX:
+                services.version_fail(version_id=version_id, code="signature_mismatch",
+                                      message=f"declared outputs {version.declared_outputs} but the model has {names}")
+                return
+        if version.format == ModelVersion.Format.ONNX and version.declared_inputs:
+            mismatch = _declared_mismatch(version.declared_inputs, signature.get("inputs", []))
+            if mismatch:
+                services.version_fail(version_id=version_id, code="signature_mismatch", message=mismatch)
+                return
+        digest = store.put_path(onnx_path)
+        merged = {"parity_max_abs_error": None, **report, **result.report}
+        services.version_transition(version_id=version_id, to=ModelVersion.Status.READY, artifact_sha256=digest,
+                                    signature=signature, report=merged, log=conversion_log[-20000:], error=None)
+
+
+def _declared_mismatch(declared: list[dict], actual: list[dict]) -> str | None:
+    by_name = {a["name"]: a for a in actual}
+    for spec in declared:
+        got = by_name.get(spec["name"])
+        if got is None:
+            return f"declared input {spec['name']!r} is not an input of the model (it has {sorted(by_name)})"
+        if got["dtype"] != spec["dtype"]:
+            return f"input {spec['name']!r} is {got['dtype']} in the model, declared {spec['dtype']}"
+    return None
+
+
+def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None:
+    """Convert a PyTorch upload inside the sandbox; on failure mark the version failed."""
+    from workers import convert  # imports torch; only conversion workers pay for it
+
+    store = artifact_store()
+    suffix = Path(version.upload_filename).suffix.lower() or ".pt"
+    artifact = store.copy_to(version.upload_sha256, work / f"artifact{suffix}")
+    source = store.copy_to(version.source_sha256, work / "model_source.py") if version.source_sha256 else None
+    out_dir = work / "convert"
+    out_dir.mkdir()
+    try:
+        result = convert.convert_model(
+            fmt=version.format, artifact=artifact, source=source, entrypoint=version.entrypoint or None,
+            init_kwargs=version.init_kwargs or {}, inputs=version.declared_inputs or [], work_dir=out_dir,
+            allow_unsandboxed=settings.MODELPORT_ALLOW_UNSANDBOXED,
+        )
+    except convert.SandboxUnavailable as exc:
+        services.version_fail(version_id=version.pk, code="sandbox_unavailable", message=str(exc))
+        return None
+    if not result.ok or result.onnx_path is None:
+        services.version_fail(version_id=version.pk, code=result.error_code or "conversion_failed",
+                              message=result.error_message or "conversion failed", log=result.log,
+                              report=result.report)
+        return None
+    final = work / "converted.onnx"
+    shutil.move(str(result.onnx_path), final)
+    return final, result.report, result.log
+
+
+@shared_task(ignore_result=True)
+def versions_reap() -> int:
+    return services.versions_reap(older_than_s=2 * settings.MODELPORT_VALIDATION_TIMEOUT_S + 60)

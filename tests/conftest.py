@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests import stack as stk
+
+
+@pytest.fixture(scope="session")
+def platform_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[stk.Stack]:
+    """Real uvicorn web process + a conversion worker + a serving worker, on the test database."""
+    from django.conf import settings
+    from django.db import connection
+
+    db_name = connection.settings_dict["NAME"]
+    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    env = stk.process_env(DATABASE_URL=f"{base}/{db_name}")
+    prefix = settings.MODELPORT_REDIS_PREFIX
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    port = stk.free_port()
+    stack = stk.Stack(base_url=f"http://127.0.0.1:{port}", env=env, prefix=prefix, redis=client)
+    web = stk.start("web", [sys.executable, "-m", "uvicorn", "modelport.config.asgi:application",
+                            "--host", "127.0.0.1", "--port", str(port), "--no-access-log"], env)
+    stack.procs["web"] = web
+    try:
+        stack.start_worker("convert", serve=False, queues=[settings.CELERY_QUEUE_CONVERT])
+        serve = stack.start_worker("serve", serve=True, queues=[settings.CELERY_QUEUE_CONTROL])
+        stk.wait_http(f"{stack.base_url}/healthz", web)
+        stack.wait_for_serving(serve)
+        yield stack
+    finally:
+        stack.stop()
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
+@pytest.fixture
+def live(platform_stack: stk.Stack, transactional_db: Any) -> stk.Stack:
+    return platform_stack
+
+
+def make_user(username: str, *, credits: int | None = None) -> tuple[Any, str]:
+    from modelport.accounts.services import api_key_issue, user_create
+
+    user = user_create(username=username, credits=credits)
+    return user, api_key_issue(user=user).secret
+
+
+class Api:
+    """An httpx client for one API key against the live stack."""
+
+    def __init__(self, base_url: str, key: str | None) -> None:
+        self.username = ""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=60)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.http, name)
+
+    def upload(self, owner: str, name: str, *, fmt: str, artifact: Path, **fields: Any) -> httpx.Response:
+        files = {"artifact": (artifact.name, artifact.read_bytes())}
+        if "source" in fields:
+            src = Path(fields.pop("source"))
+            files["source"] = (src.name, src.read_bytes())
+        data = {"format": fmt, **{k: v if isinstance(v, str) else __import__("json").dumps(v)
+                                  for k, v in fields.items()}}
+        return self.http.post(f"/api/v1/models/{owner}/{name}/versions", data=data, files=files)
+
+    def wait_version(self, owner: str, name: str, number: int, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.http.get(f"/api/v1/models/{owner}/{name}/versions/{number}").json()
+            if body["status"] in ("ready", "failed"):
+                return body
+            time.sleep(0.25)
+        raise TimeoutError(f"version {number} of {owner}/{name} still {body['status']}")
+
+    def balance_micro(self) -> int:
+        return self.http.get("/api/v1/account").json()["credits_micro"]
+
+
+@pytest.fixture
+def user_api(live: stk.Stack) -> Any:
+    def factory(username: str, *, credits: int | None = None) -> Api:
+        _, key = make_user(username, credits=credits)
+        api = Api(live.base_url, key)
+        api.username = username
+        return api
+
+    return factory
