@@ -14,7 +14,8 @@ from django.core.exceptions import ImproperlyConfigured
 from modelport.config.env import env_bool, env_float, env_int, env_list, env_str, env_url
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-VAR_DIR = REPO_ROOT / "var"
+
+VAR_DIR = Path(env_str("MODELPORT_VAR_DIR", str(REPO_ROOT / "var")))
 
 MODELPORT_ENV = env_str("MODELPORT_ENV", "development")
 if MODELPORT_ENV not in {"development", "production"}:

@@ -12,6 +12,8 @@ os.environ.setdefault("MODELPORT_ARTIFACT_ROOT", tempfile.mkdtemp(prefix="mp-tes
 os.environ.setdefault("MODELPORT_CALL_DEADLINE_S", "20")
 os.environ.setdefault("MODELPORT_HEARTBEAT_S", "0.5")
 
-from modelport.config.settings import *  # noqa: E402,F403
+from modelport.config.settings import *  # noqa: F403
 
+# One test database per pytest process, so concurrent runs on one machine never collide.
+DATABASES["default"]["TEST"] = {"NAME": f"test_modelport_{os.getpid()}"}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -54,24 +55,31 @@ def prefer_wait(header: str | None) -> float | None:
     return float(match.group(1)) if match.group(1) else services.call_deadline_s()
 
 
-def authenticate(request: HttpRequest) -> ApiKey:
-    token = bearer_token(request.META.get("HTTP_AUTHORIZATION"))
-    if token is None:
+def authenticate(request: HttpRequest) -> tuple[Any, ApiKey | None]:
+    """(user, api key) from `Authorization: Bearer`, or the dashboard's session (CSRF-checked)."""
+    header = request.META.get("HTTP_AUTHORIZATION")
+    if not header:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            if CsrfViewMiddleware(lambda r: HttpResponse()).process_view(request, None, (), {}) is not None:
+                raise Problem(403, "CSRF check failed")
+            return user, None
         raise Problem(401, "send 'Authorization: Bearer <api key>'")
-    key = api_key_authenticate(raw=token)
+    token = bearer_token(header)
+    key = api_key_authenticate(raw=token) if token else None
     if key is None:
         raise Problem(401, "invalid or revoked API key")
-    return key
+    return key.user, key
 
 
 def _admit_native(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ...]:
     """Everything before dispatch, in one thread hop: auth, lookup, input checks, hold."""
     close_old_connections()
-    api_key = authenticate(request)
+    user, api_key = authenticate(request)
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > settings.MODELPORT_MAX_REQUEST_BYTES:
         raise Problem(413, f"request body exceeds {settings.MODELPORT_MAX_REQUEST_BYTES} bytes")
-    version = services.version_resolve(user=api_key.user, owner=owner, name=name, number=number)
+    version = services.version_resolve(user=user, owner=owner, name=name, number=number)
     try:
         body = json.loads(request.body or b"{}", parse_constant=reject_constant)
     except ValueError as exc:
@@ -83,7 +91,7 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     if idem is not None and not (0 < len(idem) <= 200):
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
     admission = services.prediction_admit(
-        api_key=api_key, version=version, protocol="native", deadline_s=services.call_deadline_s(),
+        user=user, api_key=api_key, version=version, protocol="native", deadline_s=services.call_deadline_s(),
         idempotency_key=idem, request_id=request.headers.get("X-Request-Id", "") or uuid.uuid4().hex,
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None

@@ -37,7 +37,7 @@ class Prediction(models.Model):
     hold_amount = models.BigIntegerField(default=0)
     charged = models.BigIntegerField(default=0)
     royalty = models.BigIntegerField(default=0)
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL = none, unique
     request_id = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -46,10 +46,9 @@ def version_resolve(*, user: Any, owner: str, name: str, number: int | None) -> 
     return version
 
 
-def prediction_admit(*, api_key: ApiKey, version: ModelVersion, protocol: str, deadline_s: float,
+def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
                      idempotency_key: str | None = None, request_id: str = "") -> Admission:
     """Create a prediction and hold its maximum price. Raises Problem(402) when not covered."""
-    user = api_key.user
     if idempotency_key:
         existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
         if existing is not None:
