@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from modelport.accounts import api as accounts_api
 from modelport.gateway import api as gateway_api
+from modelport.gateway import v2
 from modelport.registry import api as registry_api
 
 M = "api/v1/models/<str:owner>/<str:name>"
@@ -23,11 +24,28 @@ api_v1 = [
     path("api/v1/predictions/<str:prediction_id>/cancel", gateway_api.PredictionCancelView.as_view()),
 ]
 
+V2M = "v2/models/<str:owner>/<str:name>"
+v2_urls = [
+    path("v2/health/live", v2.health_live),
+    path("v2/health/ready", v2.health_ready),
+    path("v2", v2.server_metadata),
+    path(V2M, v2.model_metadata),
+    path(f"{V2M}/versions/<int:number>", v2.model_metadata),
+    path(f"{V2M}/ready", v2.model_ready),
+    path(f"{V2M}/versions/<int:number>/ready", v2.model_ready),
+    path(f"{V2M}/infer", v2.infer),
+    path(f"{V2M}/versions/<int:number>/infer", v2.infer),
+]
+
 urlpatterns = [
     *api_v1,
+    *v2_urls,
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", gateway_api.health_live),
     path("admin/", admin.site.urls),
     path("", include("modelport.dashboard.urls")),
 ]
+
+handler404 = "modelport.common.errors.handler404"
+handler500 = "modelport.common.errors.handler500"
