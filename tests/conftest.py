@@ -98,3 +98,26 @@ def user_api(live: stk.Stack) -> Any:
         return api
 
     return factory
+
+
+@pytest.fixture
+def fleet(live: stk.Stack) -> Iterator[stk.Stack]:
+    """A second, private data plane on the same database: its own Redis prefix, its own web
+    process, and no serving worker until the test starts the ones it wants (so tests can stop,
+    pause and kill workers without touching the shared stack)."""
+    import uuid
+
+    prefix = f"{live.prefix}f{uuid.uuid4().hex[:6]}"
+    env = {**live.env, "MODELPORT_REDIS_PREFIX": prefix}
+    port = stk.free_port()
+    stack = stk.Stack(base_url=f"http://127.0.0.1:{port}", env=env, prefix=prefix, redis=live.redis)
+    web = stk.start(f"web-{prefix}", [sys.executable, "-m", "uvicorn", "modelport.config.asgi:application",
+                                      "--host", "127.0.0.1", "--port", str(port), "--no-access-log"], env)
+    stack.procs["web"] = web
+    try:
+        stk.wait_http(f"{stack.base_url}/healthz", web)
+        yield stack
+    finally:
+        stack.stop()
+        for key in live.redis.scan_iter(f"{prefix}:*"):
+            live.redis.delete(key)

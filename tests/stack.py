@@ -64,6 +64,12 @@ class Proc:
             pass
         self.popen.wait(timeout=10)
 
+    def pause(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGCONT)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -94,8 +100,9 @@ class Stack:
     redis: redis.Redis
     procs: dict[str, Proc] = field(default_factory=dict)
 
-    def start_worker(self, name: str, *, serve: bool, queues: list[str], **env: str) -> Proc:
-        proc = start(name, celery_argv(name, queues, serve=serve), {**self.env, **env})
+    def start_worker(self, name: str, *, serve: bool, queues: list[str] | None = None, **env: str) -> Proc:
+        queues = queues or [f"{self.prefix}.control"]
+        proc = start(f"{name}-{self.prefix}", celery_argv(name, queues, serve=serve), {**self.env, **env})
         self.procs[name] = proc
         return proc
 

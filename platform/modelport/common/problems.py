@@ -21,8 +21,10 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 class Problem(Exception):
     """An error the API reports to the caller as problem+json."""
 
-    def __init__(self, status: int, detail: str, *, type_: str | None = None, **extra: Any) -> None:
+    def __init__(self, status: int, detail: str, *, type_: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
+        self.headers = headers or {}
         self.status = status
         self.detail = detail
         self.type = type_ or f"https://modelport.dev/problems/{HTTPStatus(status).phrase.lower().replace(' ', '-')}"
@@ -42,7 +44,7 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
     response = HttpResponse(
         json.dumps(problem.as_dict()), status=problem.status, content_type=PROBLEM_CONTENT_TYPE
     )
-    for key, value in (headers or {}).items():
+    for key, value in {**problem.headers, **(headers or {})}.items():
         response[key] = value
     return response
 
@@ -59,7 +61,7 @@ def _flatten_errors(data: Any) -> str:
 def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Render DRF and `Problem` exceptions as problem+json."""
     if isinstance(exc, Problem):
-        return Response(exc.as_dict(), status=exc.status, content_type=PROBLEM_CONTENT_TYPE)
+        return Response(exc.as_dict(), status=exc.status, content_type=PROBLEM_CONTENT_TYPE, headers=exc.headers)
     response = exception_handler(exc, context)
     if response is None:
         return None

@@ -87,11 +87,12 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     if not isinstance(body, dict) or "input" not in body:
         raise Problem(400, "the body must be an object with an 'input' object", errors={"input": ["required"]})
     arrays = inputs_from_json(version.signature, body["input"], max_elements=settings.MODELPORT_MAX_TENSOR_ELEMENTS)
+    deadline_s = services.call_deadline_s(request.headers.get("Modelport-Deadline-Ms"))
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (0 < len(idem) <= 200):
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
     admission = services.prediction_admit(
-        user=user, api_key=api_key, version=version, protocol="native", deadline_s=services.call_deadline_s(),
+        user=user, api_key=api_key, version=version, protocol="native", deadline_s=deadline_s,
         idempotency_key=idem, request_id=request.headers.get("X-Request-Id", "") or uuid.uuid4().hex,
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None

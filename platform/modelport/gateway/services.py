@@ -53,6 +53,7 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
         existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
         if existing is not None:
             return Admission(prediction=existing, version=existing.version, existing=True)
+    queue_admit(version=version)
     model = version.model
     royalty = model.royalty_per_call if model.owner_id != user.pk else 0
     quote = billing.quote_for(hardware="cpu", royalty=royalty)
@@ -189,5 +190,38 @@ def prediction_data(prediction: Prediction, *, base_url: str = "") -> dict[str, 
     }
 
 
-def call_deadline_s() -> float:
-    return float(settings.MODELPORT_CALL_DEADLINE_S)
+def call_deadline_s(requested_ms: str | float | None = None) -> float:
+    """The call's deadline in seconds: the caller's (header `Modelport-Deadline-Ms`, or V2's
+    `timeout` parameter) when given, never more than MODELPORT_CALL_DEADLINE_S."""
+    ceiling = float(settings.MODELPORT_CALL_DEADLINE_S)
+    if requested_ms is None or requested_ms == "":
+        return ceiling
+    try:
+        value = float(requested_ms) / 1000.0
+    except (TypeError, ValueError):
+        raise Problem(400, f"deadline {requested_ms!r} is not a number of milliseconds") from None
+    if not value > 0:
+        raise Problem(400, "the deadline must be positive")
+    return min(value, ceiling)
+
+
+_sync_redis: Any = None
+
+
+def queue_admit(*, version: ModelVersion) -> None:
+    """Refuse (429) a call when its version's list already holds `max_queue` calls. Checked
+    before anything is held, so a refused call leaves no trace."""
+    global _sync_redis
+    import redis
+
+    from modelport.gateway import dispatch
+
+    if _sync_redis is None:
+        _sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        depth = _sync_redis.llen(dispatch.version_queue(version.pk))
+    except redis.RedisError as exc:
+        raise Problem(503, f"the serving queue is unavailable: {exc}") from None
+    if depth >= version.max_queue:
+        raise Problem(429, f"{depth} calls are already waiting for this model; retry later",
+                      headers={"Retry-After": "1"})

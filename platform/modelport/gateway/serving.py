@@ -1,9 +1,17 @@
 """The serving loop inside an inference worker process (started by the Celery `--serve` step).
 
 It pops call frames from Redis (see dispatch.py), runs them with the `workers.runtime` cache,
-records the result and settles the charge (gateway.services), then pushes the reply frame.
-Calls past their deadline are failed without running; any platform-side failure releases the
-hold. One loop thread per process; a second thread sends heartbeats.
+records each result and settles its charge (gateway.services), then pushes the reply frame.
+
+- Dynamic batching: after popping a call for a batchable version, the loop takes more calls of
+  that version from its list for up to `max_queue_delay_ms` or until `max_batch_size` rows;
+  calls with identical non-batch shapes run as one batch, split back per call, and each call is
+  charged its share of the batch's compute time (by rows).
+- Deadlines: a call popped after its deadline is failed (hold released) without running.
+- Placement: versions with `min_replicas` are loaded until that many live workers host them;
+  a version whose list backs up is loaded by idle workers that have room (scale-out).
+- Any platform-side failure (load error, unexpected exception) fails the call uncharged.
+One serving thread per process; a second thread sends heartbeats and does placement.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +36,11 @@ from modelport.gateway import dispatch, services
 from modelport.registry.models import ModelVersion
 from modelport.registry.storage import artifact_store
 from workers import wire
-from workers.runtime import ModelCache
+from workers.runtime import LoadedModel, ModelCache
 
 log = logging.getLogger(__name__)
+
+BACKLOG_TO_SCALE = 4  # queued calls on a version's list that make an idle worker load it too
 
 
 @dataclass
@@ -38,6 +48,18 @@ class VersionInfo:
     version_id: int
     path: Path
     gpu_limit_bytes: int | None
+    max_batch_size: int
+    max_queue_delay_s: float
+    batchable: bool
+
+
+@dataclass
+class Call:
+    header: dict[str, Any]
+    tensors: list[tuple[str, np.ndarray]]
+    popped: float
+    rows: int = 0
+    outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 def _read_meminfo() -> tuple[int, int]:
@@ -62,6 +84,13 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _batchable(signature: dict[str, Any] | None) -> bool:
+    if not signature:
+        return False
+    tensors = signature.get("inputs", []) + signature.get("outputs", [])
+    return bool(tensors) and all(t["shape"] and t["shape"][0] is None for t in tensors)
+
+
 class ServingLoop:
     def __init__(self, *, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -72,7 +101,9 @@ class ServingLoop:
         self.versions: dict[int, VersionInfo] = {}
         self.stopping = threading.Event()
         self.served = 0
+        self.batches = 0
         self._threads: list[threading.Thread] = []
+        self._backlog_seen: dict[int, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -91,24 +122,24 @@ class ServingLoop:
         except redis.RedisError:
             pass
 
-    # --- heartbeats ------------------------------------------------------------------------
+    # --- heartbeats and placement -----------------------------------------------------------
     def heartbeat(self) -> dict[str, Any]:
         host_used, host_total = _read_meminfo()
         cache_host, cache_device = self.cache.used_bytes()
         loaded = [int(k) for k in self.cache.loaded()]
-        queues = [dispatch.version_queue(v) for v in loaded] + [dispatch.cold_queue()]
+        queues = sorted(k.decode() for k in self.redis.scan_iter(f"{dispatch.key('q')}:*", count=1000))
         pipe = self.redis.pipeline(transaction=False)
         for q in queues:
             pipe.llen(q)
-        depths = pipe.execute()
+        depths = dict(zip(queues, pipe.execute(), strict=True))
         beat = {
             "id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
             "hardware": self.cache.hardware, "device": "cpu" if not self.cache.use_cuda else "cuda:0",
             "host_memory_used": host_used, "host_memory_total": host_total, "process_rss": _rss_bytes(),
             "cache_host_bytes": cache_host, "cache_device_bytes": cache_device,
             "host_budget_bytes": self.cache.host_budget,
-            "loaded": loaded, "queue_depths": dict(zip(queues, depths, strict=True)),
-            "served": self.served, "evictions": self.cache.evictions, "ts": time.time(),
+            "loaded": loaded, "queue_depths": depths,
+            "served": self.served, "batches": self.batches, "evictions": self.cache.evictions, "ts": time.time(),
         }
         self.redis.hset(dispatch.workers_key(), self.worker_id, json.dumps(beat))
         return beat
@@ -116,10 +147,54 @@ class ServingLoop:
     def _heartbeat_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                self.heartbeat()
+                beat = self.heartbeat()
+                self._unload_disabled()
+                self._place(beat)
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # placement must never stop heartbeats
+                log.exception("placement failed")
             self.stopping.wait(settings.MODELPORT_HEARTBEAT_S)
+
+    def _unload_disabled(self) -> None:
+        disabled = {int(v) for v in self.redis.smembers(dispatch.key("disabled"))}
+        for key in self.cache.loaded():
+            if int(key) in disabled and self.cache.evict(key):
+                self.versions.pop(int(key), None)
+                log.info("unloaded disabled version %s", key)
+
+    def _place(self, beat: dict[str, Any]) -> None:
+        """Load versions that want more replicas, or whose list is backing up."""
+        close_old_connections()
+        hosting: dict[int, int] = {}
+        for other in dispatch.live_workers(self.redis.hgetall(dispatch.workers_key())):
+            if not other["stale"]:
+                for vid in other.get("loaded", []):
+                    hosting[int(vid)] = hosting.get(int(vid), 0) + 1
+        mine = set(beat["loaded"])
+        wanted = ModelVersion.objects.filter(status=ModelVersion.Status.READY, disabled=False, min_replicas__gt=0)
+        for version in wanted.only("pk", "min_replicas"):
+            if version.pk not in mine and hosting.get(version.pk, 0) < version.min_replicas:
+                self._preload(version.pk)
+                return
+        for queue, depth in beat["queue_depths"].items():
+            tail = queue.rsplit(":", 1)[-1]
+            if not tail.startswith("v"):
+                continue
+            vid = int(tail[1:])
+            seen = self._backlog_seen.get(vid, 0) + 1 if depth >= BACKLOG_TO_SCALE else 0
+            self._backlog_seen[vid] = seen
+            if seen >= 2 and vid not in mine:
+                self._preload(vid)
+                return
+
+    def _preload(self, version_id: int) -> None:
+        try:
+            info = self._version(version_id)
+            self.cache.get(str(version_id), info.path, device_limit_bytes=info.gpu_limit_bytes)
+            log.info("placed version %s on %s", version_id, self.worker_id)
+        except (ModelVersion.DoesNotExist, OSError, RuntimeError, ValueError) as exc:
+            log.warning("could not place version %s: %s", version_id, exc)
 
     # --- serving ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -127,24 +202,62 @@ class ServingLoop:
             queues = [dispatch.version_queue(int(v)) for v in self.cache.loaded()] + [dispatch.cold_queue()]
             try:
                 item = self.redis.blpop(queues, timeout=1)
+                if item is None:
+                    continue
+                close_old_connections()
+                calls = self._collect(item[0].decode(), item[1])
             except redis.RedisError as exc:
                 log.warning("redis unavailable (%s); retrying", exc)
                 self.stopping.wait(0.5)
                 continue
-            if item is None:
-                continue
-            close_old_connections()
             try:
-                self.handle(item[1])
-            except Exception:  # the loop must survive any single bad call; the call itself is failed
-                log.exception("serving a call failed")
+                self.serve(calls)
+            except Exception:  # the loop must survive anything; the calls themselves are failed
+                log.exception("serving failed")
+                for call in calls:
+                    self._fail(call, code="internal", message="the worker failed while serving this call",
+                               http_status=503)
+
+    def _collect(self, queue: str, frame: bytes) -> list[Call]:
+        """The popped call plus, for a batchable version's own list, more calls of it that arrive
+        within the version's queue delay (up to max_batch_size rows)."""
+        header, tensors = wire.unpack(frame)
+        calls = [Call(header, tensors, time.time())]
+        if queue == dispatch.cold_queue():
+            return calls
+        try:
+            info = self._version(header["version_id"])
+        except ModelVersion.DoesNotExist:
+            return calls
+        if not info.batchable or info.max_batch_size <= 1:
+            return calls
+        rows = tensors[0][1].shape[0] if tensors else 1
+        deadline = time.monotonic() + info.max_queue_delay_s
+        while rows < info.max_batch_size:
+            frames = self.redis.lpop(queue, info.max_batch_size - len(calls)) or []
+            if not frames:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0005:
+                    break
+                item = self.redis.blpop([queue], timeout=remaining)
+                if item is None:
+                    break
+                frames = [item[1]]
+            for raw in frames:
+                h, t = wire.unpack(raw)
+                calls.append(Call(h, t, time.time()))
+                rows += t[0][1].shape[0] if t else 1
+        return calls
 
     def _version(self, version_id: int) -> VersionInfo:
         info = self.versions.get(version_id)
         if info is None:
             version = ModelVersion.objects.get(pk=version_id)
             limit = version.gpu_memory_limit_mb * 1024 * 1024 if version.gpu_memory_limit_mb else None
-            info = VersionInfo(version_id, artifact_store().path(version.artifact_sha256), limit)
+            info = VersionInfo(version_id, artifact_store().path(version.artifact_sha256), limit,
+                               max_batch_size=version.max_batch_size,
+                               max_queue_delay_s=version.max_queue_delay_ms / 1000.0,
+                               batchable=_batchable(version.signature))
             self.versions[version_id] = info
         return info
 
@@ -156,39 +269,82 @@ class ServingLoop:
         pipe.expire(key, dispatch.REPLY_TTL_S)
         pipe.execute()
 
-    def _fail(self, header: dict[str, Any], *, code: str, message: str, http_status: int) -> None:
-        services.prediction_fail(prediction_id=header["id"], code=code, message=message)
-        self._reply(header, {"ok": False, "status": http_status, "code": code, "message": message})
+    def _fail(self, call: Call, *, code: str, message: str, http_status: int) -> None:
+        services.prediction_fail(prediction_id=call.header["id"], code=code, message=message)
+        self._reply(call.header, {"ok": False, "status": http_status, "code": code, "message": message})
 
-    def handle(self, frame: bytes) -> None:
-        popped = time.time()
-        header, tensors = wire.unpack(frame)
-        if popped > header["deadline"]:
-            self._fail(header, code="deadline", message="the call waited past its deadline in the queue",
-                       http_status=503)
-            return
-        try:
-            info = self._version(header["version_id"])
-            model = self.cache.get(str(info.version_id), info.path, device_limit_bytes=info.gpu_limit_bytes)
-        except Exception as exc:  # any load failure is the platform's: fail uncharged, say why
-            log.exception("loading version %s failed", header["version_id"])
-            self._fail(header, code="load_failed", message=f"the worker could not load the model: {exc}",
-                       http_status=503)
-            return
+    def serve(self, calls: list[Call]) -> None:
+        live = []
+        for call in calls:
+            if call.popped > call.header["deadline"]:
+                self._fail(call, code="deadline", message="the call waited past its deadline in the queue",
+                           http_status=503)
+            else:
+                live.append(call)
+        by_version: dict[int, list[Call]] = {}
+        for call in live:
+            by_version.setdefault(call.header["version_id"], []).append(call)
+        for version_id, group in by_version.items():
+            try:
+                info = self._version(version_id)
+                model = self.cache.get(str(version_id), info.path, device_limit_bytes=info.gpu_limit_bytes)
+            except Exception as exc:  # any load failure is the platform's: fail uncharged, say why
+                log.exception("loading version %s failed", version_id)
+                for call in group:
+                    self._fail(call, code="load_failed", message=f"the worker could not load the model: {exc}",
+                               http_status=503)
+                continue
+            for batch in self._shape_groups(group, info):
+                self._execute(model, batch)
+
+    @staticmethod
+    def _shape_groups(calls: list[Call], info: VersionInfo) -> list[list[Call]]:
+        if not info.batchable:
+            return [[c] for c in calls]
+        groups: dict[tuple[Any, ...], list[Call]] = {}
+        for call in calls:
+            key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in call.tensors)
+            groups.setdefault(key, []).append(call)
+        return list(groups.values())
+
+    def _execute(self, model: LoadedModel, batch: list[Call]) -> None:
         started = time.time()
+        for call in batch:
+            call.rows = call.tensors[0][1].shape[0] if call.tensors else 1
+        if len(batch) == 1:
+            feeds = dict(batch[0].tensors)
+        else:
+            names = [n for n, _ in batch[0].tensors]
+            feeds = {n: np.concatenate([dict(c.tensors)[n] for c in batch], axis=0) for n in names}
         t0 = time.perf_counter_ns()
         try:
-            outputs = model.run(dict(tensors))
+            outputs = model.run(feeds)
         except Exception as exc:  # onnxruntime's errors are untyped; the caller gets the reason
-            self._fail(header, code="inference_error", message=f"the model failed on this input: {exc}",
-                       http_status=400)
+            for call in batch:
+                self._fail(call, code="inference_error", message=f"the model failed on this input: {exc}",
+                           http_status=400)
             return
         compute_us = (time.perf_counter_ns() - t0) // 1000
+        self.batches += 1
+        total_rows = sum(c.rows for c in batch)
+        offset = 0
+        for call in batch:
+            if len(batch) == 1:
+                call.outputs = outputs
+            else:
+                call.outputs = [(n, a[offset:offset + call.rows]) for n, a in outputs]
+            offset += call.rows
+            share = compute_us * call.rows // total_rows if total_rows else compute_us
+            self._finish(call, compute_us=compute_us, share_us=share, batch_size=len(batch), started=started)
+
+    def _finish(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float) -> None:
+        header = call.header
         native = header.get("protocol") == "native"
         prediction = services.prediction_succeed(
-            prediction_id=header["id"], output=services.outputs_to_json(outputs) if native else None,
-            compute_us=compute_us, queue_ms=(started - header["enqueued"]) * 1000.0, batch_size=1,
-            hardware=self.cache.hardware, worker=self.worker_id, started_at=datetime.fromtimestamp(started, UTC),
+            prediction_id=header["id"], output=services.outputs_to_json(call.outputs) if native else None,
+            compute_us=compute_us, compute_share_us=share_us, queue_ms=(started - header["enqueued"]) * 1000.0,
+            batch_size=batch_size, hardware=self.cache.hardware, worker=self.worker_id,
+            started_at=datetime.fromtimestamp(started, UTC),
         )
         self.served += 1
         if prediction is None:
@@ -200,4 +356,4 @@ class ServingLoop:
             self._reply(header, {"ok": True, "prediction": services.prediction_data(prediction)})
         else:
             self._reply(header, {"ok": True, "charged": prediction.charged, "metrics": prediction.metrics},
-                        outputs)
+                        call.outputs)

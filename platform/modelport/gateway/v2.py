@@ -134,8 +134,10 @@ def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None) -
         for out in parsed.outputs:
             if out.name not in known:
                 raise Problem(400, f"unknown output '{out.name}'")
+    timeout_us = parsed.parameters.get("timeout")  # Triton's per-request timeout, in microseconds
+    deadline_s = services.call_deadline_s(timeout_us / 1000.0 if isinstance(timeout_us, int | float) else None)
     admission = services.prediction_admit(user=user, api_key=api_key, version=version, protocol="v2",
-                                          deadline_s=services.call_deadline_s(),
+                                          deadline_s=deadline_s,
                                           request_id=request.headers.get("X-Request-Id", "") or (parsed.id or ""))
     return admission, arrays, parsed
 
@@ -148,12 +150,15 @@ async def infer(request: HttpRequest, owner: str, name: str, number: int | None 
         admission, arrays, parsed = await sync_to_async(_admit_v2, thread_sensitive=False)(
             request, owner, name, number)
     except Problem as problem:
-        return error(problem.status, problem.detail)
+        response = error(problem.status, problem.detail)
+        for key, value in problem.headers.items():
+            response[key] = value
+        return response
     prediction: Prediction = admission.prediction
     try:
         await api.dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="v2",
                                 tensors=arrays)
-        reply = await api.await_reply(prediction, wait_s=services.call_deadline_s())
+        reply = await api.await_reply(prediction, wait_s=float(settings.MODELPORT_CALL_DEADLINE_S))
     except aioredis.RedisError as exc:
         await sync_to_async(services.prediction_fail, thread_sensitive=False)(
             prediction_id=prediction.id, code="broker_unavailable", message=str(exc))

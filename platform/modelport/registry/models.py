@@ -67,6 +67,7 @@ class ModelVersion(models.Model):
     max_batch_size = models.PositiveIntegerField(default=8)
     max_queue_delay_ms = models.FloatField(default=2.0)
     min_replicas = models.PositiveIntegerField(default=0)
+    max_queue = models.PositiveIntegerField(default=256, help_text="calls waiting beyond this are refused (429)")
     gpu_memory_limit_mb = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)

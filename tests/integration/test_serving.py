@@ -1,0 +1,212 @@
+"""Issue 4: serving on workers — batching, queue policy, deadlines, eviction, placement, faults."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from workers.demo import mlp_onnx
+
+pytestmark = pytest.mark.integration
+
+
+def sum_model(path: Path) -> Path:
+    """y[b] = 2 * sum(x[b, :]) for x float32 [batch, seq] (both axes dynamic)."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["x2"]),
+         helper.make_node("ReduceSum", ["x2", "axes"], ["y"], keepdims=0)],
+        "sum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])], initializer=[two, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def ready_model(api, name: str, path: Path) -> int:
+    assert api.post("/api/v1/models", json={"name": name}).status_code == 201
+    resp = api.upload(api.username, name, fmt="onnx", artifact=path)
+    assert resp.status_code == 202, resp.text
+    version = api.wait_version(api.username, name, resp.json()["version"])
+    assert version["status"] == "ready", version
+    from modelport.registry.models import ModelVersion
+
+    return ModelVersion.objects.get(model__name=name, number=version["version"]).pk
+
+
+def call(base_url: str, key: str, model: str, payload: dict, **headers: str) -> httpx.Response:
+    return httpx.post(f"{base_url}/api/v1/models/{model}/predictions", json={"input": payload},
+                      headers={"Authorization": key, "Prefer": "wait", **headers}, timeout=60)
+
+
+def drift(username: str) -> int:
+    from modelport.billing.models import CreditAccount
+    from modelport.billing.services import ledger_drift
+
+    return ledger_drift(account=CreditAccount.objects.get(user__username=username))
+
+
+def test_batching_mixed_shapes_each_output_is_its_own(user_api, fleet, tmp_path):
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("batcher")
+    vid = ready_model(api, "summer", sum_model(tmp_path / "sum.onnx"))
+    ModelVersion.objects.filter(pk=vid).update(max_batch_size=16, max_queue_delay_ms=30)
+    worker = fleet.start_worker("serve", serve=True)
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+    assert call(fleet.base_url, key, "batcher/summer", {"x": [[1.0, 2.0]]}).status_code == 200  # warm, placed
+
+    rng = np.random.default_rng(5)
+    jobs = []
+    for i in range(48):
+        rows, seq = 1 + i % 3, (3, 5, 8)[i % 3 if i % 2 else (i // 2) % 3]
+        jobs.append(rng.integers(-50, 50, size=(rows, seq)).astype(np.float32))
+    before = api.balance_micro()
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        responses = list(pool.map(lambda x: call(fleet.base_url, key, "batcher/summer", {"x": x.tolist()}), jobs))
+    charged = 0
+    batch_sizes = []
+    for x, resp in zip(jobs, responses, strict=True):
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        np.testing.assert_allclose(body["output"]["y"], 2 * x.sum(axis=1), rtol=1e-6)
+        batch_sizes.append(body["metrics"]["batch_size"])
+        charged += body["credits"]["charged_micro"]
+    assert max(batch_sizes) > 1, batch_sizes  # concurrent calls were batched
+    assert api.balance_micro() == before - charged
+    assert drift("batcher") == 0
+
+
+def test_queue_full_429_and_deadline_503_charge_nothing(user_api, fleet, tmp_path):
+    from modelport.gateway.models import Prediction
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("queuer")
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    ModelVersion.objects.filter(pk=vid).update(max_queue=2)
+    worker = fleet.start_worker("serve", serve=True)
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+    x = {"x": [[0.0] * 784]}
+    assert call(fleet.base_url, key, "queuer/mlp", x).status_code == 200  # loads it: calls now go to its list
+    time.sleep(1.0)  # a heartbeat lists the version as loaded
+    before = api.balance_micro()
+    worker.pause()
+    try:
+        # Deadline: nobody pops the call within 400 ms -> 503, nothing charged.
+        start = time.monotonic()
+        resp = call(fleet.base_url, key, "queuer/mlp", x, **{"Modelport-Deadline-Ms": "400"})
+        assert resp.status_code == 503, resp.text
+        assert time.monotonic() - start < 5
+        assert "deadline" in resp.json()["detail"]
+        assert api.balance_micro() == before
+        # That call's frame is still in the list; one more fills it to max_queue=2 ...
+        resp = httpx.post(f"{fleet.base_url}/api/v1/models/queuer/mlp/predictions", json={"input": x},
+                          headers={"Authorization": key}, timeout=30)
+        assert resp.status_code == 201
+        pending_id = resp.json()["id"]
+        # ... and the next is refused before anything is held.
+        held = api.balance_micro()
+        resp = call(fleet.base_url, key, "queuer/mlp", x)
+        assert resp.status_code == 429, (resp.text, fleet.redis.llen(f"{fleet.prefix}:q:v{vid}"), fleet.redis.llen(f"{fleet.prefix}:q:cold"))
+        assert resp.headers["Retry-After"] == "1"
+        assert api.balance_micro() == held
+        assert Prediction.objects.filter(user__username="queuer").count() == 3
+    finally:
+        worker.resume()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = api.get(f"/api/v1/predictions/{pending_id}").json()["status"]
+        if status == "succeeded":
+            break
+        time.sleep(0.2)
+    assert status == "succeeded"
+    statuses = dict(Prediction.objects.filter(user__username="queuer").values_list("id", "status"))
+    assert sorted(statuses.values()) == ["failed", "succeeded", "succeeded"]
+    assert drift("queuer") == 0
+
+
+def test_eviction_under_a_small_memory_budget(user_api, fleet, tmp_path):
+    api = user_api("evictor")
+    a = ready_model(api, "a", mlp_onnx(tmp_path / "a.onnx", seed=1))
+    b = ready_model(api, "b", mlp_onnx(tmp_path / "b.onnx", seed=2))
+    # Each MLP is ~0.8 MB on disk, accounted as 2x + 1 MB: one fits in 3 MB, two do not.
+    worker = fleet.start_worker("serve", serve=True, MODELPORT_HOST_MEMORY_BUDGET_MB="3")
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+    x = {"x": [[0.1] * 784]}
+    first = call(fleet.base_url, key, "evictor/a", x).json()["output"]["y"]
+    assert call(fleet.base_url, key, "evictor/b", x).status_code == 200
+    time.sleep(1.5)
+    beat = fleet.wait_for_serving(worker)
+    assert beat["loaded"] == [b]
+    assert beat["evictions"] >= 1
+    again = call(fleet.base_url, key, "evictor/a", x)
+    assert again.status_code == 200 and again.json()["output"]["y"] == first
+    time.sleep(1.5)
+    assert fleet.wait_for_serving(worker)["loaded"] == [a]
+
+
+def _wait_hosted(fleet, workers, vid, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        beats = {b["pid"]: b for b in fleet.serving_workers()}
+        if all(vid in beats.get(w.popen.pid, {}).get("loaded", []) for w in workers):
+            return beats
+        time.sleep(0.3)
+    raise AssertionError(f"version {vid} not placed on every worker: {fleet.serving_workers()}")
+
+
+def test_placement_on_two_workers_and_sigkill_mid_load(user_api, fleet, tmp_path):
+    from modelport.gateway.models import Prediction
+    from modelport.gateway.services import predictions_reap
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("placer")
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    ModelVersion.objects.filter(pk=vid).update(min_replicas=2, max_queue_delay_ms=0)
+    w1 = fleet.start_worker("serve1", serve=True)
+    w2 = fleet.start_worker("serve2", serve=True)
+    _wait_hosted(fleet, [w1, w2], vid)  # placed before any call
+    key = api.http.headers["Authorization"]
+    x = {"x": [[0.2] * 784]}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda _: call(fleet.base_url, key, "placer/mlp", x), range(64)))
+    assert all(r.status_code == 200 for r in responses)
+    served = {r.json()["metrics"]["batch_size"] >= 1 for r in responses}
+    assert served == {True}
+    beats = {b["pid"]: b for b in fleet.serving_workers()}
+    assert beats[w1.popen.pid]["served"] > 0 and beats[w2.popen.pid]["served"] > 0  # both took load
+
+    before = api.balance_micro()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(call, fleet.base_url, key, "placer/mlp", x, **{"Modelport-Deadline-Ms": "3000"})
+                   for _ in range(120)]
+        time.sleep(0.3)
+        w1.kill()
+        results = [f.result() for f in futures]
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) > 0
+    time.sleep(6)  # past every deadline plus the reaper's grace
+    predictions_reap(grace_s=0)
+    rows = Prediction.objects.filter(user__username="placer", created_at__gte=min(
+        Prediction.objects.filter(user__username="placer").order_by("-created_at")
+        .values_list("created_at", flat=True)[:120]))
+    assert rows.count() == 120
+    assert not rows.exclude(status__in=["succeeded", "failed"]).exists()  # nothing stuck
+    succeeded = rows.filter(status="succeeded")
+    assert succeeded.count() == codes.count(200)
+    assert all(p.charged == 0 for p in rows.filter(status="failed"))
+    assert api.balance_micro() == before - sum(p.charged for p in succeeded)
+    assert drift("placer") == 0
