@@ -55,6 +55,12 @@ def _check_graph(path: Path) -> Any:
         raise InvalidModel("not_onnx", "the file is not an ONNX model (no graph)")
     for tensor in list(model.graph.initializer):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            from workers.external_data import ExternalDataError, check_external_data
+
+            try:
+                check_external_data(path, model)
+            except ExternalDataError as exc:
+                raise InvalidModel("external_data", f"external data refused: {exc}") from None
             raise InvalidModel(
                 "external_data",
                 f"initializer {tensor.name!r} uses external data; upload a self-contained model "

@@ -17,6 +17,9 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    daily_cap = models.BigIntegerField(
+        null=True, blank=True, help_text="µc this key may spend per UTC day (holds count); empty = no cap"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from modelport.accounts.models import ApiKey
@@ -64,6 +65,8 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
     now = timezone.now()
     try:
         with transaction.atomic():
+            if api_key is not None and api_key.daily_cap is not None:
+                _check_daily_cap(api_key=api_key, hold=hold, now=now)
             prediction = Prediction.objects.create(
                 user=user, account_id=account_id, api_key=api_key, version=version, protocol=protocol,
                 quote={"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
@@ -86,6 +89,23 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
         return Admission(prediction=existing, version=existing.version, existing=True)
     prediction.version = version
     return Admission(prediction=prediction, version=version)
+
+
+def _check_daily_cap(*, api_key: ApiKey, hold: int, now: datetime) -> None:
+    """402 when this key's spending today (charges + holds still open) plus `hold` exceeds its
+    cap. Locks the key row, so concurrent calls on one key are checked one at a time."""
+    ApiKey.objects.select_for_update().filter(pk=api_key.pk).first()
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    today = Prediction.objects.filter(api_key=api_key, created_at__gte=day_start)
+    spent = (today.filter(status=Prediction.Status.SUCCEEDED).aggregate(s=Sum("charged"))["s"] or 0) + (
+        today.filter(status__in=[Prediction.Status.STARTING, Prediction.Status.PROCESSING])
+        .aggregate(s=Sum("hold_amount"))["s"] or 0)
+    cap = api_key.daily_cap or 0
+    if spent + hold > cap:
+        raise Problem(402, f"API key {api_key.prefix} has spent {billing.format_credits(spent)} of its daily cap of "
+                           f"{billing.format_credits(cap)} credits; this call needs up to "
+                           f"{billing.format_credits(hold)}", balance=None, required=hold / billing.MICRO,
+                      cap=cap / billing.MICRO, spent_today=spent / billing.MICRO)
 
 
 def _owner_account_id(prediction: Prediction) -> int | None:

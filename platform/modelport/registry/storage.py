@@ -23,7 +23,10 @@ class ArtifactStore(Protocol):
 
 class LocalArtifactStore:
     """Files under `root/sha256/ab/<digest>`. Writes go to a temp file and are renamed into place,
-    so a reader never sees a partial artifact and identical uploads are stored once."""
+    so a reader never sees a partial artifact and identical uploads are stored once.
+
+    Files are 0640 and folders 0750: never world-readable, because sandboxed user code runs as
+    an unprivileged uid that can read any world-readable file (other tenants' models)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -38,7 +41,7 @@ class LocalArtifactStore:
 
     def put(self, stream: IO[bytes]) -> str:
         tmp_dir = self.root / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         hasher = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir)
         try:
@@ -48,8 +51,8 @@ class LocalArtifactStore:
                     out.write(chunk)
             digest = hasher.hexdigest()
             final = self.path(digest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp_name, 0o644)
+            final.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            os.chmod(tmp_name, 0o640)
             os.replace(tmp_name, final)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)

@@ -75,7 +75,8 @@ def _declared_mismatch(declared: list[dict], actual: list[dict]) -> str | None:
 
 def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None:
     """Convert a PyTorch upload inside the sandbox; on failure mark the version failed."""
-    from workers import convert  # imports torch; only conversion workers pay for it
+    from workers import convert  # imports torch (in the sandbox child); only conversion workers run it
+    from workers.sandbox import SandboxError, SandboxLimits, SandboxUnavailable
 
     store = artifact_store()
     suffix = Path(version.upload_filename).suffix.lower() or ".pt"
@@ -87,10 +88,17 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
         result = convert.convert_model(
             fmt=version.format, artifact=artifact, source=source, entrypoint=version.entrypoint or None,
             init_kwargs=version.init_kwargs or {}, inputs=version.declared_inputs or [], work_dir=out_dir,
-            allow_unsandboxed=settings.MODELPORT_ALLOW_UNSANDBOXED,
+            allow_unsandboxed=settings.MODELPORT_ALLOW_UNSANDBOXED, output_names=version.declared_outputs or None,
+            limits=SandboxLimits(wall_seconds=float(settings.MODELPORT_VALIDATION_TIMEOUT_S),
+                                 cpu_seconds=settings.MODELPORT_VALIDATION_TIMEOUT_S),
         )
-    except convert.SandboxUnavailable as exc:
-        services.version_fail(version_id=version.pk, code="sandbox_unavailable", message=str(exc))
+    except SandboxUnavailable as exc:
+        services.version_fail(version_id=version.pk, code="sandbox_unavailable",
+                              message=f"this platform cannot isolate PyTorch uploads here, so it refuses them: {exc}")
+        return None
+    except SandboxError as exc:
+        services.version_fail(version_id=version.pk, code="sandbox_error",
+                              message=f"the conversion sandbox failed to start (a platform fault): {exc}")
         return None
     if not result.ok or result.onnx_path is None:
         services.version_fail(version_id=version.pk, code=result.error_code or "conversion_failed",

@@ -1,0 +1,711 @@
+"""Conversion job, run inside the sandbox by `workers.convert`: `python -I _convert_child.py JOB`.
+
+Everything here may execute user code (the model source, TorchScript, unpickling), which is why it
+only ever runs confined. It is a standalone script (no `workers` imports: the sandbox runs it with
+`-I`), reads the job JSON and writes, in its cwd (the scratch dir):
+
+- `model.onnx` (plus `model.onnx.data` only for models over ~1.9 GB) when conversion succeeds;
+- `report.json`: `{"ok", "error_code", "error_message", "signature", "report"}`, always, unless the
+  process is killed (the parent then reports the limit that killed it).
+
+Job keys: fmt ("state_dict" | "torchscript"), artifact, source, entrypoint, init_kwargs, inputs
+(`[{"name", "dtype", "shape", "range"?}]`), output_names (list or null), opset, threads.
+
+Generated inputs: floats ~ N(0, 1); integers uniform in `range` = [low, high) if the input spec
+gives one, else [0, min(100, smallest nn.Embedding size in the model)); bools uniform. Every dynamic
+(null) axis k takes these sizes: export example 2 (k=0) / 3+2k (k>0), parity sizes 1 and 3 (k=0),
+6+k and 22+k (k>0); the same axis index has the same size in every input (a batch axis is shared).
+"""
+
+import importlib.util
+import inspect
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+# Set before torch is imported so the knobs apply from the start.
+THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+OPSET = 18
+LATENCY_MIN_RUNS = 10
+LATENCY_MAX_RUNS = 200
+LATENCY_BUDGET_S = 1.0
+SINGLE_FILE_MAX_BYTES = 1_900_000_000  # protobuf's 2 GiB limit, with room
+
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "float64": torch.float64,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+NUMPY_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+# (atol, rtol) by output dtype: pass if |onnx - torch| <= atol + rtol * |torch| everywhere.
+TOLERANCES = {
+    "float64": (1e-6, 1e-6),
+    "float32": (1e-4, 1e-4),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (1e-2, 1e-2),
+}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class JobError(Exception):
+    """A terminal conversion failure with a code and a message the user can act on."""
+
+    def __init__(self, code: str, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.report = report or {}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _user_frame(exc: BaseException, filename: str) -> str:
+    """' (line N of the source)' if the traceback passes through the user's source file."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    if isinstance(exc, SyntaxError) and exc.filename == filename:
+        line = exc.lineno
+    return f" (line {line} of the source)" if line else ""
+
+
+def _resource_error(exc: BaseException) -> JobError | None:
+    """Map resource exhaustion inside user code to the limit codes the parent also uses."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "bad_alloc" in text:
+        return JobError("memory_limit", f"memory limit exceeded ({_describe(exc)[:300]})")
+    if isinstance(exc, OSError) and exc.errno == 27:  # EFBIG: RLIMIT_FSIZE
+        return JobError("file_size_limit", f"file size limit exceeded ({_describe(exc)[:300]})")
+    if (
+        isinstance(exc, BlockingIOError)
+        and exc.errno == 11
+        and "fork" in "".join(traceback.format_tb(exc.__traceback__))
+    ):
+        return JobError("process_limit", f"process limit exceeded ({_describe(exc)[:300]})")
+    return None
+
+
+def _wrap_user_error(code: str, prefix: str, exc: BaseException, filename: str | None = None) -> JobError:
+    mapped = _resource_error(exc)
+    if mapped is not None:
+        return mapped
+    where = _user_frame(exc, filename) if filename else ""
+    return JobError(code, f"{prefix}: {_describe(exc)[:2000]}{where}")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Weights as a flat {name: tensor}. Pickles only through `weights_only=True`; any failure is
+    final (a fallback to full unpickling is exactly what a malicious file would aim for)."""
+    obj: Any
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        mapped = _resource_error(exc)
+        if mapped is not None:
+            raise mapped from None
+        raise JobError("weights_rejected", f"weights file rejected: {_weights_error_reason(exc)}") from None
+    if isinstance(obj, dict) and not _is_tensor_dict(obj):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict) and _is_tensor_dict(obj[key]):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not _is_tensor_dict(obj):
+        raise JobError(
+            "weights_rejected",
+            "weights file rejected: expected a mapping of parameter names to tensors "
+            f"(a state_dict), got {type(obj).__name__}",
+        )
+    return obj
+
+
+_TORCH_LOAD_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue")
+
+
+def _weights_error_reason(exc: BaseException) -> str:
+    """The reason from torch.load's message, without its advice on loading unsafely or
+    allowlisting globals (neither is something an uploader can or should do here)."""
+    text = _ANSI.sub("", str(exc))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    kept = [p for p in paragraphs if not p.startswith(_TORCH_LOAD_ADVICE)]
+    if not kept:
+        return _describe(exc)[:1000]
+    reason = " ".join(kept).split(" Please use `torch.serialization", 1)[0]
+    return reason[:1000]
+
+
+def _is_tensor_dict(obj: dict[Any, Any]) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def build_module(source: Path, entrypoint: str, init_kwargs: dict[str, Any]) -> torch.nn.Module:
+    """Import the user's source file and build the model from `entrypoint`: an nn.Module subclass
+    or a function returning a module, called with `init_kwargs`."""
+    filename = str(source)
+    spec = importlib.util.spec_from_file_location("user_model", filename)
+    if spec is None or spec.loader is None:
+        raise JobError("source_error", "the source file can't be imported (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["user_model"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        raise _wrap_user_error("source_error", "the source file failed to import", exc, filename) from None
+    target = getattr(module, entrypoint, None)
+    if target is None:
+        candidates = sorted(
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and getattr(value, "__module__", None) == "user_model"
+            and (inspect.isfunction(value) or (inspect.isclass(value) and issubclass(value, torch.nn.Module)))
+        )
+        raise JobError(
+            "entrypoint_not_found",
+            f"entrypoint {entrypoint!r} is not defined in the source file"
+            + (f"; it defines: {', '.join(candidates)}" if candidates else ""),
+        )
+    if not callable(target):
+        raise JobError("entrypoint_invalid", f"entrypoint {entrypoint!r} is not a class or function")
+    try:
+        model = target(**init_kwargs)
+    except BaseException as exc:
+        raise _wrap_user_error(
+            "entrypoint_failed", f"calling {entrypoint}(**init_kwargs) failed", exc, filename
+        ) from None
+    if not isinstance(model, torch.nn.Module):
+        raise JobError(
+            "entrypoint_invalid",
+            f"entrypoint {entrypoint!r} returned {type(model).__name__}, not a torch.nn.Module",
+        )
+    return model
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Compare names and shapes before loading so that every problem is listed at once."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [k for k in expected if k in state_dict and _shape(expected[k]) != _shape(state_dict[k])]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(
+                "missing keys (in the model, not in the weights file): "
+                + ", ".join(f"{k} {_shape(expected[k])}" for k in missing)
+            )
+        if unexpected:
+            parts.append(
+                "unexpected keys (in the weights file, not in the model): "
+                + ", ".join(f"{k} {_shape(state_dict[k])}" for k in unexpected)
+            )
+        if mismatched:
+            parts.append(
+                "shape mismatch: "
+                + ", ".join(f"{k} expected {_shape(expected[k])}, got {_shape(state_dict[k])}" for k in mismatched)
+            )
+        raise JobError("state_dict_mismatch", "state_dict does not match the model: " + "; ".join(parts))
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except Exception as exc:
+        raise _wrap_user_error("state_dict_mismatch", "load_state_dict failed", exc) from None
+
+
+def load_torchscript(path: Path) -> torch.nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise _wrap_user_error("torchscript_rejected", "TorchScript archive rejected", exc) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs and outputs
+
+
+def _embedding_sizes(model: torch.nn.Module) -> list[int]:
+    sizes = []
+    for module in model.modules():
+        is_embedding = isinstance(module, torch.nn.Embedding) or getattr(module, "original_name", None) == "Embedding"
+        weight = getattr(module, "weight", None)
+        if is_embedding and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            sizes.append(int(weight.shape[0]))
+    return sizes
+
+
+def axis_size(axis: int, which: str) -> int:
+    """Size of dynamic axis `axis` in the export example ("export") or a parity set ("small",
+    "large"). Sizes are >= 2 and distinct per axis for export (see FINDINGS: size-1 dims get
+    specialized), and differ between sets so a baked-in size shows up."""
+    if which == "export":
+        return 2 if axis == 0 else 3 + 2 * axis
+    if which == "small":
+        return 1 if axis == 0 else 6 + axis
+    return 3 if axis == 0 else 22 + axis
+
+
+def make_inputs(specs: list[dict[str, Any]], which: str, default_int_high: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    tensors = []
+    for spec in specs:
+        shape = [d if d is not None else axis_size(i, which) for i, d in enumerate(spec["shape"])]
+        dtype = TORCH_DTYPES[spec["dtype"]]
+        if dtype == torch.bool:
+            t = torch.randint(0, 2, shape, generator=gen).bool()
+        elif dtype.is_floating_point:
+            t = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+        else:
+            low, high = spec.get("range") or (0, default_int_high)
+            t = torch.randint(int(low), int(high), shape, generator=gen, dtype=torch.int64).to(dtype)
+        tensors.append(t)
+    return tensors
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        flat = []
+        for item in out:
+            flat.extend(flatten_outputs(item))
+        return flat
+    if isinstance(out, dict):
+        flat = []
+        for item in out.values():
+            flat.extend(flatten_outputs(item))
+        return flat
+    raise JobError("model_error", f"the model returned {type(out).__name__}; outputs must be tensors")
+
+
+def run_eager(model: torch.nn.Module, inputs: list[torch.Tensor], which: str) -> list[torch.Tensor]:
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    except JobError:
+        raise
+    except BaseException as exc:
+        shapes = ", ".join(str(list(t.shape)) for t in inputs)
+        raise _wrap_user_error(
+            "model_error",
+            f"the model failed on generated inputs of shape {shapes} ({which} sizes; set fixed "
+            'sizes or an int input\'s "range" if these are invalid for it)',
+            exc,
+        ) from None
+    return [t.detach().cpu().contiguous() for t in flatten_outputs(out)]
+
+
+def output_axes(runs: list[list[torch.Tensor]]) -> list[list[int | None]]:
+    """Per output: list of dims, None where the size changed between input size sets."""
+    dims = []
+    for i in range(len(runs[0])):
+        shapes = [list(run[i].shape) for run in runs]
+        if any(len(s) != len(shapes[0]) for s in shapes):
+            raise JobError("model_error", f"output {i} changes rank with the input sizes")
+        dims.append(
+            [shapes[0][k] if all(s[k] == shapes[0][k] for s in shapes) else None for k in range(len(shapes[0]))]
+        )
+    return dims
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.numpy() if t.dtype != torch.bfloat16 else t.float().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# export and parity
+
+
+def _dim_name(tensor_name: str, axis: int, size_for_batch: bool) -> str:
+    return "batch" if axis == 0 and size_for_batch else f"{tensor_name}_dim_{axis}"
+
+
+def dynamic_axes_for(
+    specs: list[dict[str, Any]], output_names: list[str], out_dims: list[list[int | None]]
+) -> dict[str, dict[int, str]]:
+    axes = {}
+    for spec in specs:
+        named = {i: _dim_name(spec["name"], i, True) for i, d in enumerate(spec["shape"]) if d is None}
+        if named:
+            axes[spec["name"]] = named
+    batch_dynamic = any(spec["shape"] and spec["shape"][0] is None for spec in specs)
+    for name, dims in zip(output_names, out_dims, strict=True):
+        named = {i: _dim_name(name, i, batch_dynamic) for i, d in enumerate(dims) if d is None}
+        if named:
+            axes[name] = named
+    return axes
+
+
+def _first_lines(text: str, limit: int = 1500) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + " […]"
+
+
+def explain_export_error(exc: BaseException) -> str:
+    """A short reason naming the operator or construct that failed, when one can be found."""
+    text = _ANSI.sub("", "".join(traceback.format_exception_only(type(exc), exc)) + str(exc.__cause__ or ""))
+    ops = []
+    for pattern in (
+        r"Exporting the operator '([\w:.]+)'",
+        r"unrecognized namespace ([\w:.]+)",
+        r"OpOverload\(op='([\w:.]+)'",
+        r"[Uu]nsupported (?:FX )?nodes?[^\n]*?\b((?:aten|prim)[.:]{1,2}[\w.]+)",
+        r"\b(aten::\w+|prim::\w+)",
+        r"\b(aten\.\w+(?:\.\w+)?)",
+    ):
+        for match in re.finditer(pattern, text):
+            op = match.group(1).rstrip(".")
+            if op not in ops:
+                ops.append(op)
+    summary = _describe(exc)
+    # The dynamo exporter wraps the cause in pages of advice; its summary has the real reason.
+    if "## Exception summary" in text:
+        causes = re.findall(r"<class '[\w.]*?(\w+)'>: (.*)", text.split("## Exception summary", 1)[1])
+        if causes:
+            summary = "; ".join(f"{name}: {msg.strip()}" for name, msg in causes)
+    prefix = f"unsupported operator {', '.join(ops[:5])}: " if ops else ""
+    return prefix + _first_lines(_ANSI.sub("", summary), 800)
+
+
+def export(
+    model: torch.nn.Module,
+    exporter: str,
+    inputs: list[torch.Tensor],
+    input_names: list[str],
+    output_names: list[str],
+    axes: dict[str, dict[int, str]],
+    path: Path,
+) -> None:
+    """Export with one exporter; raises whatever the exporter raises."""
+    kwargs: dict[str, Any] = dict(
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=axes or None,
+        opset_version=OPSET,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(model, tuple(inputs), str(path), dynamo=True, report=False, verbose=False, **kwargs)
+        else:
+            torch.onnx.export(model, tuple(inputs), str(path), dynamo=False, **kwargs)
+
+
+def available_exporters(model: torch.nn.Module) -> tuple[list[str], dict[str, str]]:
+    if isinstance(model, torch.jit.ScriptModule):
+        # The dynamo exporter can't take a ScriptModule with dynamic axes (see FINDINGS).
+        return ["legacy"], {}
+    try:
+        import onnxscript  # noqa: F401 - the dynamo exporter needs it
+    except ImportError:
+        return ["legacy"], {"dynamo": "not available: the onnxscript package is not installed"}
+    return ["dynamo", "legacy"], {}
+
+
+def make_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare(
+    onnx_outs: list[Any], torch_outs: list[torch.Tensor], output_names: list[str], which: str
+) -> tuple[float, float, str | None]:
+    """(max_abs, max_rel, failure message or None) for one input size set.
+
+    max_rel is normwise: max |onnx - torch| / max |torch| per output (elementwise relative error
+    explodes near zero and says little); the pass/fail test is elementwise atol + rtol * |torch|.
+    """
+    max_abs = 0.0
+    max_rel = 0.0
+    failure = None
+    for name, got, want_t in zip(output_names, onnx_outs, torch_outs, strict=True):
+        want = _np(want_t)
+        got = np.asarray(got)
+        if list(got.shape) != list(want.shape):
+            return (
+                math.inf,
+                math.inf,
+                (
+                    f"output {name!r} has shape {list(got.shape)} in ONNX but {list(want.shape)} in "
+                    f"PyTorch at the {which} input sizes (a size was baked into the graph)"
+                ),
+            )
+        dtype = NUMPY_NAMES.get(want_t.dtype, str(want_t.dtype).replace("torch.", ""))
+        g = got.astype(np.float64)
+        w = want.astype(np.float64)
+        both_nan = np.isnan(g) & np.isnan(w)
+        diff = np.where(both_nan, 0.0, np.abs(g - w))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        abs_err = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(np.where(np.isnan(w), 0.0, w)).max()) if w.size else 0.0
+        rel_err = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else math.inf)
+        max_abs = max(max_abs, abs_err)
+        max_rel = max(max_rel, rel_err)
+        atol, rtol = TOLERANCES.get(dtype, (0.0, 0.0))
+        if failure is None and diff.size and bool((diff > atol + rtol * np.abs(w)).any()):
+            failure = (
+                f"output {name!r} differs from PyTorch by up to {abs_err:.3g} (relative {rel_err:.3g}) at the "
+                f"{which} input sizes; tolerance for {dtype} is {atol:g} + {rtol:g}·|value|"
+            )
+    return max_abs, max_rel, failure
+
+
+def parity(
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    sets: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]],
+) -> tuple[float, float, str | None]:
+    """Run the exported model on every input size set; returns (max_abs, max_rel, failure)."""
+    session = make_session(path)
+    max_abs = 0.0
+    max_rel = 0.0
+    for which, (inputs, torch_outs) in sets.items():
+        feed = {name: _np(t) for name, t in zip(input_names, inputs, strict=True)}
+        try:
+            onnx_outs = session.run(output_names, feed)
+        except Exception as exc:
+            shapes = ", ".join(str(list(t.shape)) for t in inputs)
+            return (
+                math.inf,
+                math.inf,
+                f"onnxruntime failed at the {which} input sizes ({shapes}): {_first_lines(str(exc), 600)}",
+            )
+        a, r, failure = compare(onnx_outs, torch_outs, output_names, which)
+        max_abs = max(max_abs, a)
+        max_rel = max(max_rel, r)
+        if failure:
+            return max_abs, max_rel, failure
+    return max_abs, max_rel, None
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def measure(path: Path, input_names: list[str], inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """(latency p50 in ms on the export example, resident memory the session added in MB)."""
+    feed = {name: _np(t) for name, t in zip(input_names, inputs, strict=True)}
+    before = _rss_mb()
+    session = make_session(path)
+    peak = _rss_mb()
+    for _ in range(3):
+        session.run(None, feed)
+    timings: list[float] = []
+    deadline = time.perf_counter() + LATENCY_BUDGET_S
+    while len(timings) < LATENCY_MAX_RUNS and (len(timings) < LATENCY_MIN_RUNS or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        session.run(None, feed)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    peak = max(peak, _rss_mb())
+    # The RSS delta under-counts in this process (memory freed by torch gets reused); the weights
+    # have to be resident in any case.
+    return float(np.median(timings)), max(peak - before, os.path.getsize(path) / 2**20)
+
+
+def finalize_onnx(candidate: Path, final: Path) -> int | None:
+    """Write the accepted export as one file (external data only above the protobuf limit), with
+    standard-domain opset imports only."""
+    import onnx
+
+    model = onnx.load(str(candidate))
+    used = {node.domain for node in model.graph.node}
+    keep = [op for op in model.opset_import if op.domain in ("", "ai.onnx") or op.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    if model.ByteSize() > SINGLE_FILE_MAX_BYTES:
+        onnx.save(model, str(final), save_as_external_data=True, location=final.name + ".data")
+    else:
+        onnx.save(model, str(final))
+    opsets = {op.domain or "ai.onnx": op.version for op in model.opset_import}
+    return opsets.get("ai.onnx")
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+
+
+def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    started = time.monotonic()
+    torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
+    specs = job["inputs"]
+    fmt = job["fmt"]
+    artifact = scratch / job["artifact"]
+    if fmt == "state_dict":
+        state_dict = load_state_dict_file(artifact)
+        model = build_module(scratch / job["source"], job["entrypoint"], job.get("init_kwargs") or {})
+        check_state_dict(model, state_dict)
+        del state_dict
+    elif fmt == "torchscript":
+        model = load_torchscript(artifact)
+    else:
+        raise JobError("invalid_format", f"unknown format {fmt!r}")
+    model.eval()
+    param_count = int(sum(p.numel() for p in model.parameters()))
+
+    embeddings = _embedding_sizes(model)
+    default_high = max(1, min([100, *embeddings]))
+    sets = {}
+    for seed, which in enumerate(("export", "small", "large")):
+        inputs = make_inputs(specs, which, default_high, seed)
+        sets[which] = (inputs, run_eager(model, inputs, which))
+    n_outputs = len(sets["export"][1])
+    output_names = job.get("output_names") or (
+        ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+    )
+    if len(output_names) != n_outputs:
+        raise JobError(
+            "outputs_mismatch",
+            f"{len(output_names)} output names were given but the model returns {n_outputs} tensors",
+        )
+    out_dims = output_axes([outs for _, outs in sets.values()])
+    input_names = [s["name"] for s in specs]
+    axes = dynamic_axes_for(specs, output_names, out_dims)
+
+    exporters, unavailable = available_exporters(model)
+    attempts: list[dict[str, Any]] = [{"exporter": name, "error": why} for name, why in unavailable.items()]
+    chosen: tuple[str, Path, float, float] | None = None
+    best: tuple[float, float, str] | None = None  # the closest parity failure
+    for exporter in exporters:
+        candidate = scratch / f"candidate-{exporter}.onnx"
+        try:
+            export(model, exporter, sets["export"][0], input_names, output_names, axes, candidate)
+        except BaseException as exc:
+            mapped = _resource_error(exc)
+            if mapped is not None:
+                raise mapped from None
+            attempts.append({"exporter": exporter, "error": explain_export_error(exc)})
+            continue
+        max_abs, max_rel, failure = parity(candidate, input_names, output_names, sets)
+        if failure is None:
+            chosen = (exporter, candidate, max_abs, max_rel)
+            attempts.append({"exporter": exporter, "error": None, "parity_max_abs_error": max_abs})
+            break
+        attempts.append({"exporter": exporter, "error": f"parity: {failure}"})
+        if best is None or max_abs < best[0]:
+            best = (max_abs, max_rel, f"{exporter} exporter: {failure}")
+    if chosen is None:
+        report: dict[str, Any] = {"export_attempts": attempts}
+        if best is not None:
+            raise JobError("parity", f"the converted model does not match the original: {best[2]}", report)
+        reasons = "; ".join(f"{a['exporter']}: {a['error']}" for a in attempts)
+        raise JobError("export_failed", f"the model could not be exported to ONNX: {reasons}", report)
+
+    exporter, candidate, max_abs, max_rel = chosen
+    final = scratch / "model.onnx"
+    opset = finalize_onnx(candidate, final)
+    for path in scratch.glob("candidate-*"):
+        path.unlink()
+    latency, session_mb = measure(final, input_names, sets["export"][0])
+    signature = {
+        "inputs": [{"name": s["name"], "dtype": s["dtype"], "shape": list(s["shape"])} for s in specs],
+        "outputs": [
+            {"name": name, "dtype": NUMPY_NAMES.get(t.dtype, "float32"), "shape": dims}
+            for name, t, dims in zip(output_names, sets["export"][1], out_dims, strict=True)
+        ],
+    }
+    report = {
+        "parity_max_abs_error": max_abs,
+        "parity_max_rel_error": max_rel,
+        "parity_input_shapes": {
+            which: {name: list(t.shape) for name, t in zip(input_names, inputs, strict=True)}
+            for which, (inputs, _) in sets.items()
+        },
+        "latency_ms_p50": round(latency, 4),
+        "peak_memory_mb": round(session_mb, 2),
+        "conversion_peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "parameter_count": param_count,
+        "opset": opset,
+        "exporter": exporter,
+        "export_attempts": attempts,
+        "torch_version": torch.__version__,
+        "conversion_seconds": round(time.monotonic() - started, 2),
+    }
+    return signature, report
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no inf/nan: such numbers become strings ("inf")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def main() -> None:
+    job = json.loads(Path(sys.argv[1]).read_text())
+    scratch = Path.cwd()
+    out: dict[str, Any] = {"ok": False, "error_code": None, "error_message": None, "signature": None, "report": {}}
+    try:
+        out["signature"], out["report"] = convert(job, scratch)
+        out["ok"] = True
+    except JobError as exc:
+        out["error_code"], out["error_message"], out["report"] = exc.code, exc.message, exc.report
+    except BaseException as exc:
+        mapped = _resource_error(exc)
+        if mapped is not None:
+            out["error_code"], out["error_message"] = mapped.code, mapped.message
+        else:
+            traceback.print_exc()
+            out["error_code"] = "conversion_error"
+            out["error_message"] = f"conversion failed unexpectedly: {_describe(exc)[:1500]}"
+    out["report"].setdefault(
+        "conversion_peak_memory_mb", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    )
+    Path("report.json").write_text(json.dumps(_finite(out), allow_nan=False, default=str))
+    sys.stdout.flush()
+    # Skip interpreter teardown: user code may have left threads or atexit hooks behind.
+    os._exit(0 if out["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()

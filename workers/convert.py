@@ -1,0 +1,320 @@
+"""Convert an uploaded PyTorch model (state_dict + source, or TorchScript) to a checked ONNX file.
+
+All loading of user data and code (unpickling, importing the source, TorchScript, export, the
+eager side of the parity check) happens in `_convert_child.py` inside `workers.sandbox`; this
+module only prepares the job, runs it and vets what comes back. ONNX uploads are validated by
+`workers.onnx_validate`, not here.
+
+Failure semantics: a `ConversionResult` with `ok=False` is terminal for the upload (bad weights,
+mismatched keys, unsupported operator, parity, or a resource limit the model hit). Codes in
+`LIMIT_ERROR_CODES` mean the job hit a sandbox limit; the others are the upload's own problems.
+Platform problems (no sandbox on this host, setup failure) raise `SandboxError` instead: retry
+or alert, don't blame the upload.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import os
+import shutil
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.external_data import ExternalDataError, check_external_data
+from workers.sandbox import (
+    CPU_LIMIT,
+    FILE_SIZE_LIMIT,
+    MEMORY_LIMIT,
+    PROCESS_LIMIT,
+    TIME_LIMIT,
+    SandboxLimits,
+    SandboxResult,
+    run_in_sandbox,
+)
+
+_CHILD = Path(__file__).with_name("_convert_child.py")
+FORMATS = frozenset({"state_dict", "torchscript"})
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".pt", ".pth"})
+# dtypes the converter can generate inputs for (numpy names, as in the API).
+INPUT_DTYPES = frozenset({"float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"})
+LIMIT_ERROR_CODES = frozenset({TIME_LIMIT, CPU_LIMIT, MEMORY_LIMIT, PROCESS_LIMIT, FILE_SIZE_LIMIT})
+# Codes the child uses when user code raised something generic; a pids-limit hit explains them.
+_GENERIC_CODES = frozenset(
+    {"source_error", "entrypoint_failed", "model_error", "export_failed", "conversion_error", PROCESS_LIMIT}
+)
+_ONNX_NAME = "model.onnx"
+
+
+@dataclass
+class ConversionResult:
+    """Outcome of `convert_model`.
+
+    ok: `onnx_path` is the converted model (in `work_dir`, outside the sandbox's scratch) and
+    `signature` is `{"inputs": [{name, dtype, shape}], "outputs": [...]}` (shape entries int or
+    None). Otherwise `error_code`/`error_message` say why. `report` always holds what was measured:
+    parity_max_abs_error, parity_max_rel_error, latency_ms_p50, peak_memory_mb (resident memory an
+    onnxruntime session of the model adds), parameter_count, opset, exporter, export_attempts,
+    isolation... `log` is the tail (8 KB) of the job's stdout/stderr.
+    """
+
+    ok: bool
+    onnx_path: Path | None = None
+    signature: dict[str, Any] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    error_code: str | None = None
+    error_message: str | None = None
+    log: str = ""
+
+    @property
+    def is_limit_error(self) -> bool:
+        return self.error_code in LIMIT_ERROR_CODES
+
+
+class _InvalidRequest(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def convert_model(
+    *,
+    fmt: str,
+    artifact: Path,
+    source: Path | None,
+    entrypoint: str | None,
+    init_kwargs: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    work_dir: Path,
+    limits: SandboxLimits | None = None,
+    allow_unsandboxed: bool = False,
+    output_names: list[str] | None = None,
+) -> ConversionResult:
+    """Convert `artifact` to ONNX in the sandbox and check it against the original.
+
+    `inputs`: `[{"name", "dtype", "shape", "range"?}]` as in the API (`range` = [low, high) for
+    generated integer inputs; optional). `work_dir` is created if needed; on success it holds
+    `model.onnx` (and `model.onnx.data` for models over ~1.9 GB); the sandbox scratch inside it is
+    removed. Raises `SandboxUnavailable`/`SandboxError` for platform problems only.
+    """
+    limits = limits or SandboxLimits()
+    try:
+        specs = _check_request(fmt, artifact, source, entrypoint, init_kwargs, inputs, output_names)
+    except _InvalidRequest as exc:
+        return ConversionResult(ok=False, error_code=exc.code, error_message=exc.message)
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    scratch = work_dir / "scratch"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(mode=0o700)
+    try:
+        job = _stage_job(scratch, fmt, artifact, source, entrypoint, init_kwargs, specs, output_names, limits)
+        result = run_in_sandbox(
+            argv=[sys.executable, "-I", str(_CHILD), str(scratch / "job.json")],
+            scratch=scratch,
+            limits=limits,
+            allow_unsandboxed=allow_unsandboxed,
+            readable=[_CHILD],
+            report_name="report.json",
+        )
+        return _interpret(result, job, scratch, work_dir, limits)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_request(
+    fmt: str,
+    artifact: Path,
+    source: Path | None,
+    entrypoint: str | None,
+    init_kwargs: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    output_names: list[str] | None,
+) -> list[dict[str, Any]]:
+    if fmt not in FORMATS:
+        raise _InvalidRequest(
+            "invalid_format", f"format {fmt!r} can't be converted (expected one of {sorted(FORMATS)})"
+        )
+    if not artifact.is_file():
+        raise _InvalidRequest("invalid_artifact", "the artifact file is missing")
+    if fmt == "state_dict":
+        if artifact.suffix.lower() not in WEIGHT_SUFFIXES:
+            raise _InvalidRequest(
+                "invalid_artifact", f"state_dict weights must be .safetensors, .pt or .pth, not {artifact.name!r}"
+            )
+        if source is None or not source.is_file():
+            raise _InvalidRequest("invalid_source", "a state_dict upload needs the model's Python source file")
+        if not entrypoint or not entrypoint.isidentifier() or keyword.iskeyword(entrypoint):
+            raise _InvalidRequest("invalid_entrypoint", f"entrypoint {entrypoint!r} is not a Python name")
+    if not isinstance(init_kwargs, dict) or not all(isinstance(k, str) for k in init_kwargs):
+        raise _InvalidRequest("invalid_init_kwargs", "init_kwargs must be a JSON object")
+    try:
+        json.dumps(init_kwargs)
+    except (TypeError, ValueError):
+        raise _InvalidRequest("invalid_init_kwargs", "init_kwargs must be plain JSON") from None
+    specs = _check_inputs(inputs)
+    if output_names is not None and (
+        not isinstance(output_names, list)
+        or not all(isinstance(n, str) and n for n in output_names)
+        or len(set(output_names)) != len(output_names)
+        or set(output_names) & {s["name"] for s in specs}
+    ):
+        raise _InvalidRequest("invalid_outputs", "outputs must be distinct, non-empty names, not used by inputs")
+    return specs
+
+
+def _check_inputs(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not isinstance(inputs, list) or not inputs:
+        raise _InvalidRequest("invalid_inputs", "inputs must be a non-empty list of {name, dtype, shape}")
+    specs: list[dict[str, Any]] = []
+    for i, spec in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(spec, dict):
+            raise _InvalidRequest("invalid_inputs", f"{where} must be an object")
+        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
+        if not isinstance(name, str) or not name:
+            raise _InvalidRequest("invalid_inputs", f"{where}.name must be a non-empty string")
+        if dtype not in INPUT_DTYPES:
+            raise _InvalidRequest("invalid_inputs", f"{where}.dtype {dtype!r} is not one of {sorted(INPUT_DTYPES)}")
+        if not isinstance(shape, list) or not all(
+            d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in shape
+        ):
+            raise _InvalidRequest("invalid_inputs", f"{where}.shape must be a list of positive ints or null")
+        clean: dict[str, Any] = {"name": name, "dtype": dtype, "shape": list(shape)}
+        value_range = spec.get("range")
+        if value_range is not None:
+            if (
+                not isinstance(value_range, list)
+                or len(value_range) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value_range)
+                or value_range[0] >= value_range[1]
+            ):
+                raise _InvalidRequest("invalid_inputs", f"{where}.range must be [low, high) integers with low < high")
+            clean["range"] = list(value_range)
+        specs.append(clean)
+    if len({s["name"] for s in specs}) != len(specs):
+        raise _InvalidRequest("invalid_inputs", "input names must be distinct")
+    return specs
+
+
+def _stage_job(
+    scratch: Path,
+    fmt: str,
+    artifact: Path,
+    source: Path | None,
+    entrypoint: str | None,
+    init_kwargs: dict[str, Any],
+    specs: list[dict[str, Any]],
+    output_names: list[str] | None,
+    limits: SandboxLimits,
+) -> dict[str, Any]:
+    """Copy the upload into scratch (the sandbox sees nothing else) and write job.json."""
+    inbox = scratch / "in"
+    inbox.mkdir()
+    artifact_name = "weights" + artifact.suffix.lower() if fmt == "state_dict" else "model.pt"
+    shutil.copyfile(artifact, inbox / artifact_name)
+    job: dict[str, Any] = {
+        "fmt": fmt,
+        "artifact": f"in/{artifact_name}",
+        "source": None,
+        "entrypoint": entrypoint,
+        "init_kwargs": init_kwargs,
+        "inputs": specs,
+        "output_names": output_names,
+        "threads": limits.threads,
+    }
+    if source is not None and fmt == "state_dict":
+        shutil.copyfile(source, inbox / "model_source.py")
+        job["source"] = "in/model_source.py"
+    (scratch / "job.json").write_text(json.dumps(job))
+    return job
+
+
+def _interpret(
+    result: SandboxResult, job: dict[str, Any], scratch: Path, work_dir: Path, limits: SandboxLimits
+) -> ConversionResult:
+    child = result.report or {}
+    child_report = child.get("report")
+    report: dict[str, Any] = dict(child_report) if isinstance(child_report, dict) else {}
+    report["isolation"] = result.isolation
+    report["sandbox_wall_seconds"] = round(result.wall_seconds, 2)
+    if result.peak_memory_mb is not None:
+        report["sandbox_peak_memory_mb"] = round(result.peak_memory_mb, 1)
+
+    def failed(code: str, message: str) -> ConversionResult:
+        return ConversionResult(ok=False, report=report, error_code=code, error_message=message, log=result.log_tail)
+
+    code = child.get("error_code") if isinstance(child.get("error_code"), str) else None
+    message = str(child.get("error_message") or "")[:4000]
+
+    # A limit that killed the job explains a missing or partial report.
+    if result.killed_reason in (TIME_LIMIT, CPU_LIMIT, MEMORY_LIMIT, FILE_SIZE_LIMIT):
+        return failed(result.killed_reason, str(result.limit_message))
+    if result.killed_reason == PROCESS_LIMIT and (code is None or code in _GENERIC_CODES):
+        detail = f" ({message})" if message else ""
+        return failed(PROCESS_LIMIT, f"{result.limit_message}{detail}")
+    if code == MEMORY_LIMIT:
+        return failed(MEMORY_LIMIT, f"memory limit of {limits.memory_bytes // 2**20} MiB exceeded: {message}")
+    if code == PROCESS_LIMIT:
+        return failed(PROCESS_LIMIT, f"process limit of {limits.max_processes} processes/threads exceeded: {message}")
+    if code == FILE_SIZE_LIMIT:
+        return failed(FILE_SIZE_LIMIT, f"file size limit of {limits.file_size_bytes // 2**20} MiB exceeded: {message}")
+    if not result.report:
+        how = result.killed_reason or f"exit status {result.returncode}"
+        return failed("conversion_crashed", f"the conversion stopped without a result ({how})")
+    if child.get("ok") is not True or result.returncode != 0:
+        return failed(code or "conversion_error", message or "conversion failed")
+
+    try:
+        signature = _check_signature(child.get("signature"), job)
+        onnx_path = _collect_onnx(scratch, work_dir)
+    except (_InvalidRequest, ExternalDataError) as exc:
+        return failed("conversion_error", f"the conversion produced an invalid result: {exc}")
+    return ConversionResult(ok=True, onnx_path=onnx_path, signature=signature, report=report, log=result.log_tail)
+
+
+def _check_signature(raw: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """The child is untrusted: accept its outputs only in the documented shape; inputs are ours."""
+    outputs = raw.get("outputs") if isinstance(raw, dict) else None
+    if not isinstance(outputs, list) or not outputs:
+        raise _InvalidRequest("conversion_error", "no outputs in the signature")
+    clean = []
+    for out in outputs:
+        if not (
+            isinstance(out, dict)
+            and isinstance(out.get("name"), str)
+            and out.get("dtype") in INPUT_DTYPES
+            and isinstance(out.get("shape"), list)
+            and all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in out["shape"])
+        ):
+            raise _InvalidRequest("conversion_error", f"malformed output spec {str(out)[:200]}")
+        clean.append({"name": out["name"], "dtype": out["dtype"], "shape": out["shape"]})
+    inputs = [{"name": s["name"], "dtype": s["dtype"], "shape": s["shape"]} for s in job["inputs"]]
+    return {"inputs": inputs, "outputs": clean}
+
+
+def _collect_onnx(scratch: Path, work_dir: Path) -> Path:
+    """Move model.onnx (and vetted external data) out of scratch; refuse links and odd files."""
+    produced = scratch / _ONNX_NAME
+    st = os.lstat(produced) if produced.exists() or produced.is_symlink() else None
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise _InvalidRequest("conversion_error", "model.onnx is missing or not a regular file")
+    check_external_data(produced)
+    import onnx
+
+    model = onnx.load(str(produced), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    for name in locations:
+        data = scratch / name
+        data_st = os.lstat(data)  # check_external_data: exists, inside scratch, no symlinks
+        if "/" in name or "\\" in name or not stat.S_ISREG(data_st.st_mode) or data_st.st_nlink != 1:
+            raise _InvalidRequest("conversion_error", f"external data {name!r} is not a plain file")
+        os.replace(data, work_dir / name)
+    final = work_dir / _ONNX_NAME
+    os.replace(produced, final)
+    return final
