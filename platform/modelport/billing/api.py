@@ -21,9 +21,9 @@ def _when(request: Request, name: str):  # noqa: ANN202 - datetime | None
     raw = request.query_params.get(name)
     if not raw:
         return None
-    value = parse_datetime(raw)
+    value = parse_datetime(raw) if len(raw) > 10 else None
     if value is None:
-        day = parse_date(raw)
+        day = parse_date(raw) if len(raw) == 10 else None
         if day is None:
             raise Problem(400, f"{name} must be an ISO date or datetime", errors={name: [raw]})
         from datetime import UTC, datetime
@@ -35,6 +35,10 @@ def _when(request: Request, name: str):  # noqa: ANN202 - datetime | None
 
 
 class UsageView(APIView):
+    def perform_content_negotiation(self, request: Request, force: bool = False):  # noqa: ANN201
+        # CSV is rendered by hand below; DRF must not answer `Accept: text/csv` with a 406.
+        return super().perform_content_negotiation(request, force=True)
+
     def get(self, request: Request) -> Response | HttpResponse:
         qs = selectors.usage_predictions(
             user=request.user, model=request.query_params.get("model") or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from modelport.billing.models import MICRO
 from modelport.common.problems import Problem
 from modelport.registry import selectors, services
 from modelport.registry.models import Model, ModelVersion
@@ -24,6 +26,7 @@ def model_data(model: Model) -> dict[str, Any]:
         "visibility": model.visibility,
         "description": model.description,
         "default_version": default.number if default else None,
+        "royalty": model.royalty_per_call / MICRO,
         "created_at": model.created_at.isoformat(),
     }
 
@@ -53,6 +56,8 @@ class ModelCreateSerializer(serializers.Serializer):
 
 class ModelPatchSerializer(serializers.Serializer):
     default_version = serializers.IntegerField(required=False, min_value=1)
+    royalty = serializers.DecimalField(required=False, max_digits=12, decimal_places=6, min_value=Decimal(0),
+                                       help_text="credits per call paid by other callers to the owner")
     visibility = serializers.ChoiceField(choices=Model.Visibility.choices, required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
@@ -79,7 +84,9 @@ class ModelDetailView(APIView):
         data = ser.validated_data
         if "default_version" in data:
             model = services.model_set_default(model=model, number=data["default_version"])
-        changed = [f for f in ("visibility", "description") if f in data]
+        if "royalty" in data:
+            data["royalty_per_call"] = int(data.pop("royalty") * MICRO)
+        changed = [f for f in ("visibility", "description", "royalty_per_call") if f in data]
         for field in changed:
             setattr(model, field, data[field])
         if changed:
