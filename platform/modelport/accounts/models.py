@@ -17,6 +17,9 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    rate_limit = models.CharField(
+        max_length=64, blank=True, help_text="e.g. '20/second;500/minute'; empty = MODELPORT_RATE_LIMIT"
+    )
     daily_cap = models.BigIntegerField(
         null=True, blank=True, help_text="µc this key may spend per UTC day (holds count); empty = no cap"
     )
@@ -30,3 +33,21 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+def new_webhook_secret() -> str:
+    import base64
+    import secrets
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+class WebhookSecret(models.Model):
+    """The secret that signs an account's webhooks (Standard Webhooks style: `whsec_<base64>`)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret")
+    secret = models.CharField(max_length=100, default=new_webhook_secret)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"webhook secret of {self.user}"

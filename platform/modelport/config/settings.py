@@ -50,9 +50,13 @@ INSTALLED_APPS = [
     "modelport.registry",
     "modelport.gateway",
     "modelport.dashboard",
+    "modelport.ops",
 ]
 
 MIDDLEWARE = [
+    # First: everything below logs with the request id and is counted (both async-capable).
+    "modelport.common.logging.RequestLogMiddleware",
+    "modelport.ops.middleware.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -137,17 +141,28 @@ CELERY_TASK_ROUTES = {
     "modelport.registry.tasks.*": {"queue": CELERY_QUEUE_CONVERT},
     "modelport.gateway.tasks.*": {"queue": CELERY_QUEUE_CONTROL},
     "modelport.billing.tasks.*": {"queue": CELERY_QUEUE_CONTROL},
+    "modelport.ops.tasks.*": {"queue": CELERY_QUEUE_CONTROL},
 }
 CELERY_BEAT_SCHEDULE = {
     "reap-predictions": {
         "task": "modelport.gateway.tasks.predictions_reap",
         "schedule": 15.0,
     },
+    "expire-outputs": {
+        "task": "modelport.gateway.tasks.outputs_expire",
+        "schedule": 3600.0,
+    },
     "reap-versions": {
         "task": "modelport.registry.tasks.versions_reap",
         "schedule": 60.0,
     },
+    "sync-disabled-versions": {
+        "task": "modelport.ops.tasks.disabled_versions_sync",
+        "schedule": 30.0,
+    },
 }
+# Celery keeps the LOGGING below (JSON, request ids) instead of installing its own root handler.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Modelport ----------------------------------------------------------------------------------
 MODELPORT_ARTIFACT_ROOT = Path(env_str("MODELPORT_ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
@@ -168,8 +183,31 @@ MODELPORT_VALIDATION_TIMEOUT_S = env_int("MODELPORT_VALIDATION_TIMEOUT_S", 600, 
 MODELPORT_ALLOW_UNSANDBOXED = env_bool("MODELPORT_ALLOW_UNSANDBOXED", False)
 if MODELPORT_ALLOW_UNSANDBOXED and not DEVELOPMENT:
     raise ImproperlyConfigured("MODELPORT_ALLOW_UNSANDBOXED=1 is refused with MODELPORT_ENV=production")
+# Webhooks (gateway/webhooks.py). Private/loopback targets only in development, for local receivers.
+MODELPORT_WEBHOOK_ALLOW_PRIVATE = env_bool("MODELPORT_WEBHOOK_ALLOW_PRIVATE", False)
+if MODELPORT_WEBHOOK_ALLOW_PRIVATE and not DEVELOPMENT:
+    raise ImproperlyConfigured("MODELPORT_WEBHOOK_ALLOW_PRIVATE=1 is refused with MODELPORT_ENV=production")
+MODELPORT_WEBHOOK_MAX_ATTEMPTS = env_int("MODELPORT_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+MODELPORT_WEBHOOK_BACKOFF_S = env_float("MODELPORT_WEBHOOK_BACKOFF_S", 5.0, minimum=0.0)
+MODELPORT_WEBHOOK_TIMEOUT_S = env_float("MODELPORT_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
+# Outputs stay retrievable this long, so a failed webhook never loses a result.
+MODELPORT_OUTPUT_RETENTION_H = env_float("MODELPORT_OUTPUT_RETENTION_H", 168.0, minimum=0.0)
+# Default per-API-key request rate ("N/second;M/minute", the `limits` library's notation).
+MODELPORT_RATE_LIMIT = env_str("MODELPORT_RATE_LIMIT", "100/second;3000/minute")
 MODELPORT_HOST_MEMORY_BUDGET_MB = env_int("MODELPORT_HOST_MEMORY_BUDGET_MB", 4096, minimum=16)
 MODELPORT_SESSION_THREADS = env_int("MODELPORT_SESSION_THREADS", 1, minimum=0)
+
+# --- Operations (modelport.ops) -------------------------------------------------------------------
+# /metrics on the web listener answers staff sessions, staff API keys and this bearer token
+# (for Prometheus). Empty: no token accepted.
+MODELPORT_METRICS_TOKEN = env_str("MODELPORT_METRICS_TOKEN", "")
+if MODELPORT_METRICS_TOKEN and len(MODELPORT_METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured("MODELPORT_METRICS_TOKEN must be at least 32 characters")
+# Serving workers' own metrics endpoint (ops.metrics.worker_metrics_start); 0 = off. Bind it to
+# a private address only (in compose: 0.0.0.0 inside the stack network, port not published).
+MODELPORT_WORKER_METRICS_PORT = env_int("MODELPORT_WORKER_METRICS_PORT", 0, minimum=0)
+MODELPORT_WORKER_METRICS_ADDR = env_str("MODELPORT_WORKER_METRICS_ADDR", "127.0.0.1")
+MODELPORT_LOG_JSON = env_bool("MODELPORT_LOG_JSON", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -195,8 +233,13 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "modelport.common.logging.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "modelport.common.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["request_id"],
+                             "formatter": "json" if MODELPORT_LOG_JSON else "plain"}},
     "root": {"handlers": ["console"], "level": env_str("MODELPORT_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -11,6 +11,11 @@ os.environ.setdefault("MODELPORT_REDIS_PREFIX", f"mptest{os.getpid()}")
 os.environ.setdefault("MODELPORT_ARTIFACT_ROOT", tempfile.mkdtemp(prefix="mp-test-artifacts-"))
 os.environ.setdefault("MODELPORT_CALL_DEADLINE_S", "20")
 os.environ.setdefault("MODELPORT_HEARTBEAT_S", "0.5")
+os.environ.setdefault("MODELPORT_WEBHOOK_ALLOW_PRIVATE", "1")  # the tests' receivers listen on loopback
+os.environ.setdefault("MODELPORT_WEBHOOK_BACKOFF_S", "0.3")
+os.environ.setdefault("MODELPORT_WEBHOOK_MAX_ATTEMPTS", "3")
+os.environ.setdefault("MODELPORT_WEBHOOK_TIMEOUT_S", "2")
+os.environ.setdefault("MODELPORT_RATE_LIMIT", "1000/second")
 
 from modelport.config.settings import *  # noqa: F403
 

@@ -3,14 +3,17 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from modelport.accounts import api as accounts_api
+from modelport.billing import api as billing_api
 from modelport.gateway import api as gateway_api
 from modelport.gateway import v2
+from modelport.ops import views as ops_views
 from modelport.registry import api as registry_api
 
 M = "api/v1/models/<str:owner>/<str:name>"
 
 api_v1 = [
     path("api/v1/account", gateway_api.AccountView.as_view()),
+    path("api/v1/account/usage", billing_api.UsageView.as_view()),
     path("api/v1/keys", accounts_api.KeyListView.as_view()),
     path("api/v1/keys/<str:prefix>", accounts_api.KeyDetailView.as_view()),
     path("api/v1/models", registry_api.ModelListView.as_view()),
@@ -22,6 +25,9 @@ api_v1 = [
     path("api/v1/predictions", gateway_api.PredictionListView.as_view()),
     path("api/v1/predictions/<str:prediction_id>", gateway_api.PredictionDetailView.as_view()),
     path("api/v1/predictions/<str:prediction_id>/cancel", gateway_api.PredictionCancelView.as_view()),
+    path("api/v1/predictions/<str:prediction_id>/webhook/resend", gateway_api.PredictionWebhookResendView.as_view()),
+    path("api/v1/predictions/<str:prediction_id>/webhooks", gateway_api.PredictionWebhooksView.as_view()),
+    path("api/v1/account/webhook_secret", gateway_api.WebhookSecretView.as_view()),
 ]
 
 V2M = "v2/models/<str:owner>/<str:name>"
@@ -43,6 +49,10 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", gateway_api.health_live),
+    path("readyz", ops_views.readyz),
+    path("metrics", ops_views.metrics),
+    # Before admin/: the admin's catch-all would answer admin/fleet/ with a 404.
+    path("admin/fleet/", admin.site.admin_view(ops_views.fleet), name="admin-fleet"),
     path("admin/", admin.site.urls),
     path("", include("modelport.dashboard.urls")),
 ]

@@ -23,7 +23,8 @@ from rest_framework.views import APIView
 from modelport.accounts.models import ApiKey
 from modelport.accounts.services import api_key_authenticate, bearer_token
 from modelport.common.problems import Problem, problem_response
-from modelport.gateway import dispatch, services
+from modelport.gateway import dispatch, services, webhooks
+from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.models import Prediction
 from modelport.gateway.tensors import inputs_from_json, reject_constant
 from workers import wire
@@ -76,6 +77,8 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     """Everything before dispatch, in one thread hop: auth, lookup, input checks, hold."""
     close_old_connections()
     user, api_key = authenticate(request)
+    if api_key is not None:
+        rate_limit_hit(api_key=api_key)
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > settings.MODELPORT_MAX_REQUEST_BYTES:
         raise Problem(413, f"request body exceeds {settings.MODELPORT_MAX_REQUEST_BYTES} bytes")
@@ -88,12 +91,14 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
         raise Problem(400, "the body must be an object with an 'input' object", errors={"input": ["required"]})
     arrays = inputs_from_json(version.signature, body["input"], max_elements=settings.MODELPORT_MAX_TENSOR_ELEMENTS)
     deadline_s = services.call_deadline_s(request.headers.get("Modelport-Deadline-Ms"))
+    webhook, events = webhooks.check_request(webhook=body.get("webhook"), events=body.get("webhook_events_filter"))
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (0 < len(idem) <= 200):
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
     admission = services.prediction_admit(
         user=user, api_key=api_key, version=version, protocol="native", deadline_s=deadline_s,
         idempotency_key=idem, request_id=request.headers.get("X-Request-Id", "") or uuid.uuid4().hex,
+        webhook=webhook, webhook_events=events,
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None
     return admission, arrays, data
@@ -192,6 +197,25 @@ class PredictionCancelView(APIView):
         services.prediction_fail(prediction_id=prediction.pk, code="canceled", message="canceled by the caller",
                                  status=Prediction.Status.CANCELED)
         return Response(services.prediction_data(prediction_for(user=request.user, prediction_id=prediction_id)))
+
+
+class PredictionWebhookResendView(APIView):
+    def post(self, request: Request, prediction_id: str) -> Response:
+        prediction = prediction_for(user=request.user, prediction_id=prediction_id)
+        delivery = webhooks.delivery_resend(prediction=prediction)
+        return Response(webhooks.delivery_data(delivery), status=202)
+
+
+class PredictionWebhooksView(APIView):
+    def get(self, request: Request, prediction_id: str) -> Response:
+        prediction = prediction_for(user=request.user, prediction_id=prediction_id)
+        deliveries = prediction.webhook_deliveries.prefetch_related("attempt_log").order_by("created_at")
+        return Response({"results": [webhooks.delivery_data(d) for d in deliveries]})
+
+
+class WebhookSecretView(APIView):
+    def get(self, request: Request) -> Response:
+        return Response({"key": webhooks.secret_for(user=request.user)})
 
 
 class PredictionListView(APIView):

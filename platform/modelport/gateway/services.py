@@ -21,6 +21,7 @@ from modelport.accounts.models import ApiKey
 from modelport.billing import services as billing
 from modelport.billing.models import CreditAccount
 from modelport.common.problems import Problem
+from modelport.gateway import webhooks
 from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
@@ -48,7 +49,8 @@ def version_resolve(*, user: Any, owner: str, name: str, number: int | None) -> 
 
 
 def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
-                     idempotency_key: str | None = None, request_id: str = "") -> Admission:
+                     idempotency_key: str | None = None, request_id: str = "", webhook: str = "",
+                     webhook_events: list[str] | None = None) -> Admission:
     """Create a prediction and hold its maximum price. Raises Problem(402) when not covered."""
     if idempotency_key:
         existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
@@ -72,9 +74,12 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
                 quote={"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
                        "royalty": quote.royalty, "owner_id": model.owner_id},
                 hold_amount=hold, idempotency_key=idempotency_key or None, request_id=request_id,
-                deadline_at=now + timedelta(seconds=deadline_s),
+                deadline_at=now + timedelta(seconds=deadline_s), webhook=webhook, webhook_events=webhook_events or [],
             )
             billing.credits_hold(account_id=account_id, amount=hold, prediction=prediction)
+            if webhook:
+                prediction.version = version
+                webhooks.deliveries_enqueue(prediction=prediction, event="start")
     except billing.InsufficientCredits as exc:
         raise Problem(
             402,
@@ -146,6 +151,8 @@ def prediction_succeed(*, prediction_id: str, output: dict[str, Any] | None, com
                                        "charged", "royalty", "metrics"])
         billing.credits_settle(prediction=prediction, charged=charged, royalty=quote.royalty,
                                owner_account_id=_owner_account_id(prediction) if quote.royalty else None)
+        if prediction.webhook:
+            webhooks.deliveries_enqueue(prediction=prediction, event="completed")
     return prediction
 
 
@@ -163,7 +170,15 @@ def prediction_fail(*, prediction_id: str, code: str, message: str,
         prediction.completed_at = timezone.now()
         prediction.save(update_fields=["status", "error", "completed_at"])
         billing.credits_release(prediction=prediction, memo=code)
+        if prediction.webhook:
+            webhooks.deliveries_enqueue(prediction=prediction, event="completed")
     return prediction
+
+
+def outputs_expire() -> int:
+    """Clear outputs past MODELPORT_OUTPUT_RETENTION_H (records, charges and metrics stay)."""
+    cutoff = timezone.now() - timedelta(hours=settings.MODELPORT_OUTPUT_RETENTION_H)
+    return Prediction.objects.filter(completed_at__lt=cutoff, output__isnull=False).update(output=None)
 
 
 def predictions_reap(*, grace_s: float = 5.0) -> int:

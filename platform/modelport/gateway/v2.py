@@ -21,6 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 from modelport.common.problems import Problem
 from modelport.gateway import api, services, v2codec
 from modelport.gateway.models import Prediction
+from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.tensors import check_array
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
@@ -108,6 +109,8 @@ async def model_ready(request: HttpRequest, owner: str, name: str, number: int |
 def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ...]:
     close_old_connections()
     user, api_key = api.authenticate(request)
+    if api_key is not None:
+        rate_limit_hit(api_key=api_key)
     limit = settings.MODELPORT_MAX_REQUEST_BYTES
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > limit:

@@ -1,0 +1,38 @@
+"""Per-API-key request rate limits, with the `limits` library (fixed windows in Redis)."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+from django.conf import settings
+from limits import RateLimitItem, parse_many
+from limits.storage import RedisStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from modelport.accounts.models import ApiKey
+from modelport.common.problems import Problem
+
+
+@lru_cache(maxsize=1)
+def _limiter() -> FixedWindowRateLimiter:
+    storage = storage_from_string(settings.REDIS_URL.replace("redis://", "redis://", 1),
+                                  key_prefix=f"{settings.MODELPORT_REDIS_PREFIX}:rl")
+    assert isinstance(storage, RedisStorage)
+    return FixedWindowRateLimiter(storage)
+
+
+@lru_cache(maxsize=256)
+def _items(spec: str) -> list[RateLimitItem]:
+    return parse_many(spec)
+
+
+def rate_limit_hit(*, api_key: ApiKey) -> None:
+    """Count one request for `api_key`; 429 with Retry-After when a window is exhausted."""
+    limiter = _limiter()
+    for item in _items(api_key.rate_limit or settings.MODELPORT_RATE_LIMIT):
+        if not limiter.hit(item, str(api_key.pk)):
+            reset = limiter.get_window_stats(item, str(api_key.pk)).reset_time
+            retry = max(1, int(reset - time.time() + 0.999))
+            raise Problem(429, f"rate limit {item} exceeded for key {api_key.prefix}",
+                          headers={"Retry-After": str(retry)})
