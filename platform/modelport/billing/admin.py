@@ -1,7 +1,72 @@
+"""Admin: balances and the ledger (read-only: credits change only through ledger services, see
+the user admin's grant action) and the price sheet (editable; applies to calls admitted after)."""
+
+from __future__ import annotations
+
+from typing import Any
+
 from django.contrib import admin
 
 from modelport.billing.models import CreditAccount, LedgerEntry, Price
+from modelport.billing.services import format_credits
+from modelport.ops.admin_base import AuditedAdminMixin, ReadOnlyAdminMixin, ReadOnlyInline
 
-admin.site.register(CreditAccount)
-admin.site.register(LedgerEntry)
-admin.site.register(Price)
+
+class LedgerInline(ReadOnlyInline):
+    model = LedgerEntry
+    fields = ("created_at", "kind", "credits", "prediction", "memo", "created_by")
+    readonly_fields = fields
+    ordering = ("-id",)
+    show_change_link = False
+
+    @admin.display(description="credits")
+    def credits(self, obj: LedgerEntry) -> str:
+        return format_credits(obj.amount)
+
+
+@admin.register(CreditAccount)
+class CreditAccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("user", "credits", "updated_at")
+    search_fields = ("user__username",)
+    list_select_related = ("user",)
+    fields = ("user", "credits", "updated_at")
+    readonly_fields = fields
+    inlines = (LedgerInline,)
+
+    @admin.display(description="balance (credits)", ordering="balance")
+    def credits(self, obj: CreditAccount) -> str:
+        return format_credits(obj.balance)
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "created_at", "account", "kind", "credits", "prediction", "memo", "created_by")
+    list_filter = ("kind", "created_at")
+    search_fields = ("account__user__username", "memo", "prediction__id")
+    list_select_related = ("account__user", "created_by")
+    date_hierarchy = "created_at"
+    fields = ("created_at", "account", "kind", "amount", "credits", "prediction", "memo", "created_by")
+    readonly_fields = fields
+
+    @admin.display(description="credits", ordering="amount")
+    def credits(self, obj: LedgerEntry) -> str:
+        return format_credits(obj.amount)
+
+
+@admin.register(Price)
+class PriceAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    list_display = ("hardware", "base_per_call", "per_second", "base_credits", "per_second_credits", "updated_at")
+    fields = ("hardware", "base_per_call", "per_second", "updated_at")
+    readonly_fields = ("updated_at",)
+
+    @admin.display(description="base (credits)")
+    def base_credits(self, obj: Price) -> str:
+        return format_credits(obj.base_per_call)
+
+    @admin.display(description="per second (credits)")
+    def per_second_credits(self, obj: Price) -> str:
+        return format_credits(obj.per_second)
+
+    def get_readonly_fields(self, request: Any, obj: Any = None) -> tuple[str, ...]:
+        # The hardware class is the row's identity: a changed class would be a different row.
+        return ("hardware", "updated_at") if obj is not None else ("updated_at",)

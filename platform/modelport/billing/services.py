@@ -6,6 +6,7 @@ the same transaction; nothing reads a balance into Python and writes it back.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,9 +69,20 @@ def account_for(*, user: AbstractBaseUser) -> CreditAccount:
     return account if account is not None else account_open(user=user)
 
 
+PRICE_CACHE_S = 2.0
+_price_cache: dict[str, tuple[float, int, int]] = {}
+
+
 def quote_for(*, hardware: str = HardwareClass.CPU, royalty: int = 0) -> Quote:
-    row = Price.objects.filter(hardware=hardware).first()
-    base, per_second = (row.base_per_call, row.per_second) if row else DEFAULT_PRICES[HardwareClass(hardware)]
+    """Prices for a new call. The sheet is cached per process for PRICE_CACHE_S seconds, so a
+    staff edit reaches new calls within that time (admitted calls keep the prices they got)."""
+    cached = _price_cache.get(hardware)
+    if cached is not None and time.monotonic() - cached[0] < PRICE_CACHE_S:
+        base, per_second = cached[1], cached[2]
+    else:
+        row = Price.objects.filter(hardware=hardware).first()
+        base, per_second = (row.base_per_call, row.per_second) if row else DEFAULT_PRICES[HardwareClass(hardware)]
+        _price_cache[hardware] = (time.monotonic(), base, per_second)
     return Quote(hardware=hardware, base=base, per_second=per_second, royalty=royalty)
 
 

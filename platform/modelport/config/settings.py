@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "modelport.accounts",
     "modelport.billing",
     "modelport.registry",
@@ -194,7 +195,11 @@ MODELPORT_WEBHOOK_TIMEOUT_S = env_float("MODELPORT_WEBHOOK_TIMEOUT_S", 10.0, min
 MODELPORT_OUTPUT_RETENTION_H = env_float("MODELPORT_OUTPUT_RETENTION_H", 168.0, minimum=0.0)
 # Default per-API-key request rate ("N/second;M/minute", the `limits` library's notation).
 MODELPORT_RATE_LIMIT = env_str("MODELPORT_RATE_LIMIT", "100/second;3000/minute")
-MODELPORT_HOST_MEMORY_BUDGET_MB = env_int("MODELPORT_HOST_MEMORY_BUDGET_MB", 4096, minimum=16)
+# bench/ only: admit and settle calls without holds or charges, to measure metering's share.
+MODELPORT_BENCH_DISABLE_METERING = env_bool("MODELPORT_BENCH_DISABLE_METERING", False)
+if MODELPORT_BENCH_DISABLE_METERING and not DEVELOPMENT:
+    raise ImproperlyConfigured("MODELPORT_BENCH_DISABLE_METERING is a benchmark setting, refused in production")
+MODELPORT_HOST_MEMORY_BUDGET_MB = env_int("MODELPORT_HOST_MEMORY_BUDGET_MB", 4096, minimum=1)
 MODELPORT_SESSION_THREADS = env_int("MODELPORT_SESSION_THREADS", 1, minimum=0)
 
 # --- Operations (modelport.ops) -------------------------------------------------------------------
@@ -228,6 +233,16 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Modelport API",
     "DESCRIPTION": "Upload PyTorch/ONNX models and call them as a metered API.",
     "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The native prediction-create endpoints are async views the generator cannot see.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "modelport.accounts.schema.native_prediction_paths",
+    ],
+    # Swagger UI and ReDoc from the installed sidecar package: nothing loads from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

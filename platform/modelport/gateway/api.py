@@ -4,9 +4,9 @@ worker no thread is held (the wait is an awaited BLPOP on the reply list)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
-import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,13 +23,15 @@ from rest_framework.views import APIView
 
 from modelport.accounts.models import ApiKey
 from modelport.accounts.services import api_key_authenticate, bearer_token
+from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem, problem_response
-from modelport.gateway import dispatch, services, webhooks
+from modelport.gateway import dispatch, fastsql, services, webhooks
 from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.models import Prediction
 from modelport.gateway.tensors import inputs_from_json, reject_constant
 from workers import wire
 
+log = logging.getLogger(__name__)
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:=(\d+(?:\.\d+)?))?(?:$|[,;\s])")
 _clients: dict[int, aioredis.Redis] = {}
 _router = dispatch.Router()
@@ -41,7 +44,9 @@ def redis_client() -> aioredis.Redis:
     loop_id = id(asyncio.get_running_loop())
     client = _clients.get(loop_id)
     if client is None:
-        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, max_connections=512)
+        # redis-py 8 reads with a 5 s timeout by default; a BLPOP may wait up to the call deadline.
+        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, max_connections=512,
+                                         socket_timeout=settings.MODELPORT_CALL_DEADLINE_S + 10)
         _clients[loop_id] = client
     return client
 
@@ -73,16 +78,27 @@ def authenticate(request: HttpRequest) -> tuple[Any, ApiKey | None]:
     return key.user, key
 
 
+def resolve(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ApiKey | None, Any]:
+    """(user, api key, version) of a call: auth, rate limit, model access, version state."""
+    header = request.META.get("HTTP_AUTHORIZATION")
+    token = bearer_token(header) if header else None
+    if token is not None and fastsql.available():
+        user, api_key, version = services.resolve_call_fast(raw_key=token, owner=owner, name=name, number=number)
+        rate_limit_hit(api_key=api_key)
+        return user, api_key, version
+    user, key = authenticate(request)
+    if key is not None:
+        rate_limit_hit(api_key=key)
+    return user, key, services.version_resolve(user=user, owner=owner, name=name, number=number)
+
+
 def _admit_native(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ...]:
     """Everything before dispatch, in one thread hop: auth, lookup, input checks, hold."""
     close_old_connections()
-    user, api_key = authenticate(request)
-    if api_key is not None:
-        rate_limit_hit(api_key=api_key)
     length = int(request.META.get("CONTENT_LENGTH") or 0)
+    user, api_key, version = resolve(request, owner, name, number)
     if length > settings.MODELPORT_MAX_REQUEST_BYTES:
         raise Problem(413, f"request body exceeds {settings.MODELPORT_MAX_REQUEST_BYTES} bytes")
-    version = services.version_resolve(user=user, owner=owner, name=name, number=number)
     try:
         body = json.loads(request.body or b"{}", parse_constant=reject_constant)
     except ValueError as exc:
@@ -97,7 +113,7 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
     admission = services.prediction_admit(
         user=user, api_key=api_key, version=version, protocol="native", deadline_s=deadline_s,
-        idempotency_key=idem, request_id=request.headers.get("X-Request-Id", "") or uuid.uuid4().hex,
+        idempotency_key=idem, request_id=current_request_id(),
         webhook=webhook, webhook_events=events,
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None
@@ -105,7 +121,7 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
 
 
 async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: str,
-                        tensors: list[tuple[str, Any]]) -> None:
+                        tensors: list[tuple[str, Any]], model_label: str = "", version_number: int = 0) -> None:
     client = redis_client()
     if _router.needs_refresh():
         _router.refresh(await client.hgetall(dispatch.workers_key()))
@@ -113,6 +129,8 @@ async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: st
         "id": prediction.id, "version_id": version_id, "protocol": protocol,
         "reply": dispatch.reply_key(prediction.id), "enqueued": time.time(),
         "deadline": prediction.deadline_at.timestamp(), "request_id": prediction.request_id,
+        "model": model_label, "version_number": version_number, "created": prediction.created_at.timestamp(), "hold": prediction.hold_amount,
+        "quote": prediction.quote, "webhook": bool(prediction.webhook),
     }
     await client.rpush(_router.queue_for(version_id), wire.pack(header, tensors))
 
@@ -139,6 +157,7 @@ async def await_reply(prediction: Prediction, wait_s: float) -> tuple[dict[str, 
 
 
 async def _lost_broker(prediction: Prediction, exc: Exception) -> HttpResponse:
+    log.warning("call %s lost its broker connection: %r", prediction.id, exc)
     await sync_to_async(services.prediction_fail, thread_sensitive=False)(
         prediction_id=prediction.id, code="broker_unavailable", message=f"the call could not be routed: {exc}")
     return problem_response(Problem(503, "the serving queue is unavailable; nothing was charged"))
@@ -157,7 +176,8 @@ async def prediction_create(request: HttpRequest, owner: str, name: str, number:
     if existing is not None:
         return JsonResponse(existing, status=200 if prediction.status in Prediction.TERMINAL else 202)
     try:
-        await dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="native", tensors=arrays)
+        await dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="native", tensors=arrays,
+                            model_label=f"{owner}/{name}", version_number=admission.version.number)
     except aioredis.RedisError as exc:
         return await _lost_broker(prediction, exc)
     wait = prefer_wait(request.headers.get("Prefer"))
@@ -179,6 +199,8 @@ async def prediction_create(request: HttpRequest, owner: str, name: str, number:
 
 
 def prediction_for(*, user: Any, prediction_id: str) -> Prediction:
+    if "\x00" in prediction_id:
+        raise Problem(404, "prediction not found")
     prediction = (Prediction.objects.select_related("version__model__owner")
                   .filter(pk=prediction_id, user=user).first())
     if prediction is None:
@@ -223,7 +245,13 @@ class PredictionListView(APIView):
         qs = Prediction.objects.select_related("version__model__owner").filter(user=request.user)
         cursor = request.query_params.get("cursor")
         if cursor:
-            qs = qs.filter(created_at__lt=cursor)
+            try:
+                when = parse_datetime(cursor)
+            except ValueError:
+                when = None
+            if when is None or when.tzinfo is None:
+                raise Problem(400, "cursor must be the `next` value of a previous page", errors={"cursor": [cursor]})
+            qs = qs.filter(created_at__lt=when)
         page = list(qs.order_by("-created_at")[:50])
         next_cursor = page[-1].created_at.isoformat() if len(page) == 50 else None
         return Response({"results": [services.prediction_data(p) for p in page], "next": next_cursor})

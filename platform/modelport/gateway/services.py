@@ -7,12 +7,14 @@ inside the transaction that writes the matching ledger entries; whoever loses th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -21,7 +23,7 @@ from modelport.accounts.models import ApiKey
 from modelport.billing import services as billing
 from modelport.billing.models import CreditAccount
 from modelport.common.problems import Problem
-from modelport.gateway import webhooks
+from modelport.gateway import fastsql, webhooks
 from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
@@ -48,6 +50,48 @@ def version_resolve(*, user: Any, owner: str, name: str, number: int | None) -> 
     return version
 
 
+def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None) -> tuple[Any, ApiKey, ModelVersion]:
+    """PostgreSQL hot path of `api_key_authenticate` + `version_resolve`: one query, the same
+    outcomes (401 unknown/revoked key, 404 missing or foreign private model or version, 503 not
+    ready/disabled). Builds unsaved model instances from the row (no further queries)."""
+    from django.contrib.auth import get_user_model
+
+    from modelport.accounts.services import KEY_PREFIX, LAST_USED_RESOLUTION, hash_key
+    from modelport.registry.models import Model
+
+    if not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200 or "\x00" in owner + name:
+        raise Problem(401, "invalid or revoked API key")
+    row = fastsql.resolve_call(key_hash=hash_key(raw_key), owner=owner, name=name, number=number)
+    if row is None:
+        raise Problem(401, "invalid or revoked API key")
+    (key_id, prefix, rate_limit, daily_cap, last_used, user_id, username, is_staff, model_id, owner_id, visibility,
+     royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch) = row
+    user = get_user_model()(id=user_id, username=username, is_staff=is_staff, is_active=True)
+    api_key = ApiKey(id=key_id, user_id=user_id, prefix=prefix, rate_limit=rate_limit, daily_cap=daily_cap,
+                     last_used_at=last_used)
+    api_key.user = user
+    now = timezone.now()
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
+    if model_id is None or (owner_id != user_id and visibility != Model.Visibility.PUBLIC):
+        raise registry.model_not_found(owner, name)
+    if version_id is None:
+        if number:
+            raise Problem(404, f"model {owner}/{name} has no version {number}")
+        raise Problem(503, f"model {owner}/{name} has no ready version yet")
+    if v_status != ModelVersion.Status.READY:
+        raise Problem(503, f"version {v_number} of {owner}/{name} is {v_status}, not ready")
+    if v_disabled:
+        raise Problem(503, f"version {v_number} of {owner}/{name} is disabled")
+    model = Model(id=model_id, owner_id=owner_id, name=name, visibility=visibility, royalty_per_call=royalty,
+                  default_version_id=default_id)
+    version = ModelVersion(id=version_id, model_id=model_id, number=v_number, status=v_status, disabled=v_disabled,
+                           signature=signature if isinstance(signature, dict) else json.loads(signature),
+                           max_queue=max_queue, artifact_sha256=artifact, max_batch_size=max_batch)
+    version.model = model
+    return user, api_key, version
+
+
 def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
                      idempotency_key: str | None = None, request_id: str = "", webhook: str = "",
                      webhook_events: list[str] | None = None) -> Admission:
@@ -60,26 +104,35 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
     model = version.model
     royalty = model.royalty_per_call if model.owner_id != user.pk else 0
     quote = billing.quote_for(hardware="cpu", royalty=royalty)
-    hold = quote.max_price(deadline_s)
-    account_id = CreditAccount.objects.filter(user=user).values_list("pk", flat=True).first()
-    if account_id is None:
-        account_id = billing.account_open(user=user, credits=0).pk
+    metering = not settings.MODELPORT_BENCH_DISABLE_METERING
+    hold = quote.max_price(deadline_s) if metering else 0
+    account_id = _account_id(user.pk)
     now = timezone.now()
+    fields = {
+        "user": user, "account_id": account_id, "api_key": api_key, "version": version, "protocol": protocol,
+        "quote": {"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
+                  "royalty": quote.royalty, "owner_id": model.owner_id},
+        "hold_amount": hold, "idempotency_key": idempotency_key or None, "request_id": request_id,
+        "deadline_at": now + timedelta(seconds=deadline_s), "webhook": webhook,
+        "webhook_events": webhook_events or [],
+    }
+    capped = api_key is not None and api_key.daily_cap is not None
     try:
-        with transaction.atomic():
-            if api_key is not None and api_key.daily_cap is not None:
-                _check_daily_cap(api_key=api_key, hold=hold, now=now)
-            prediction = Prediction.objects.create(
-                user=user, account_id=account_id, api_key=api_key, version=version, protocol=protocol,
-                quote={"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
-                       "royalty": quote.royalty, "owner_id": model.owner_id},
-                hold_amount=hold, idempotency_key=idempotency_key or None, request_id=request_id,
-                deadline_at=now + timedelta(seconds=deadline_s), webhook=webhook, webhook_events=webhook_events or [],
-            )
-            billing.credits_hold(account_id=account_id, amount=hold, prediction=prediction)
-            if webhook:
-                prediction.version = version
-                webhooks.deliveries_enqueue(prediction=prediction, event="start")
+        if fastsql.available() and not webhook and not capped:
+            prediction = Prediction(**fields)
+            admitted, balance = fastsql.admit(prediction=prediction, hold=hold)
+            if not admitted:
+                raise billing.InsufficientCredits(balance=balance, required=hold)
+        else:
+            with transaction.atomic():
+                if capped:
+                    _check_daily_cap(api_key=api_key, hold=hold, now=now)
+                prediction = Prediction.objects.create(**fields)
+                if metering:
+                    billing.credits_hold(account_id=account_id, amount=hold, prediction=prediction)
+                if webhook:
+                    prediction.version = version
+                    webhooks.deliveries_enqueue(prediction=prediction, event="start")
     except billing.InsufficientCredits as exc:
         raise Problem(
             402,
@@ -94,6 +147,22 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
         return Admission(prediction=existing, version=existing.version, existing=True)
     prediction.version = version
     return Admission(prediction=prediction, version=version)
+
+
+_account_ids: dict[int, int] = {}
+
+
+def _account_id(user_id: int) -> int:
+    """The user's credit account id (it never changes once created; cached per process)."""
+    account_id = _account_ids.get(user_id)
+    if account_id is None:
+        account_id = CreditAccount.objects.filter(user_id=user_id).values_list("pk", flat=True).first()
+        if account_id is None:
+            account_id = billing.account_open(user=get_user_model().objects.get(pk=user_id), credits=0).pk
+        if len(_account_ids) > 100_000:
+            _account_ids.clear()
+        _account_ids[user_id] = account_id
+    return account_id
 
 
 def _check_daily_cap(*, api_key: ApiKey, hold: int, now: datetime) -> None:
@@ -131,7 +200,7 @@ def prediction_succeed(*, prediction_id: str, output: dict[str, Any] | None, com
         q = prediction.quote
         quote = billing.Quote(hardware=hardware, base=q["base"], per_second=q["per_second"], royalty=q["royalty"])
         billed_us = compute_us if compute_share_us is None else compute_share_us
-        charged = min(quote.price(billed_us), prediction.hold_amount)
+        charged = min(quote.price(billed_us), prediction.hold_amount)  # 0 with metering off (bench only)
         now = timezone.now()
         prediction.status = Prediction.Status.SUCCEEDED
         prediction.output = output
@@ -149,8 +218,9 @@ def prediction_succeed(*, prediction_id: str, output: dict[str, Any] | None, com
         }
         prediction.save(update_fields=["status", "output", "hardware", "worker", "started_at", "completed_at",
                                        "charged", "royalty", "metrics"])
-        billing.credits_settle(prediction=prediction, charged=charged, royalty=quote.royalty,
-                               owner_account_id=_owner_account_id(prediction) if quote.royalty else None)
+        if prediction.hold_amount:
+            billing.credits_settle(prediction=prediction, charged=charged, royalty=quote.royalty,
+                                   owner_account_id=_owner_account_id(prediction) if quote.royalty else None)
         if prediction.webhook:
             webhooks.deliveries_enqueue(prediction=prediction, event="completed")
     return prediction
@@ -169,7 +239,8 @@ def prediction_fail(*, prediction_id: str, code: str, message: str,
         prediction.error = {"code": code, "message": message}
         prediction.completed_at = timezone.now()
         prediction.save(update_fields=["status", "error", "completed_at"])
-        billing.credits_release(prediction=prediction, memo=code)
+        if prediction.hold_amount:
+            billing.credits_release(prediction=prediction, memo=code)
         if prediction.webhook:
             webhooks.deliveries_enqueue(prediction=prediction, event="completed")
     return prediction

@@ -32,7 +32,9 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections
 
-from modelport.gateway import dispatch, services
+from modelport.common.logging import request_id_bound
+from modelport.gateway import dispatch, fastsql, services
+from modelport.ops import metrics
 from modelport.registry.models import ModelVersion
 from modelport.registry.storage import artifact_store
 from workers import wire
@@ -104,9 +106,11 @@ class ServingLoop:
         self.batches = 0
         self._threads: list[threading.Thread] = []
         self._backlog_seen: dict[int, int] = {}
+        self.disabled: set[int] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        metrics.worker_metrics_start()
         for target, name in ((self._run, "mp-serving"), (self._heartbeat_loop, "mp-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -142,6 +146,7 @@ class ServingLoop:
             "served": self.served, "batches": self.batches, "evictions": self.cache.evictions, "ts": time.time(),
         }
         self.redis.hset(dispatch.workers_key(), self.worker_id, json.dumps(beat))
+        metrics.heartbeat_observe(beat)
         return beat
 
     def _heartbeat_loop(self) -> None:
@@ -158,6 +163,7 @@ class ServingLoop:
 
     def _unload_disabled(self) -> None:
         disabled = {int(v) for v in self.redis.smembers(dispatch.key("disabled"))}
+        self.disabled = disabled
         for key in self.cache.loaded():
             if int(key) in disabled and self.cache.evict(key):
                 self.versions.pop(int(key), None)
@@ -270,8 +276,12 @@ class ServingLoop:
         pipe.execute()
 
     def _fail(self, call: Call, *, code: str, message: str, http_status: int) -> None:
-        services.prediction_fail(prediction_id=call.header["id"], code=code, message=message)
-        self._reply(call.header, {"ok": False, "status": http_status, "code": code, "message": message})
+        with request_id_bound(call.header.get("request_id")):
+            log.info("call %s failed: %s (%s)", call.header["id"], code, message)
+            services.prediction_fail(prediction_id=call.header["id"], code=code, message=message)
+            metrics.record_failure(model=str(call.header.get("model", "")), version=call.header["version_id"],
+                                   reason=code)
+            self._reply(call.header, {"ok": False, "status": http_status, "code": code, "message": message})
 
     def serve(self, calls: list[Call]) -> None:
         live = []
@@ -279,6 +289,8 @@ class ServingLoop:
             if call.popped > call.header["deadline"]:
                 self._fail(call, code="deadline", message="the call waited past its deadline in the queue",
                            http_status=503)
+            elif call.header["version_id"] in self.disabled:
+                self._fail(call, code="disabled", message="this model version was disabled", http_status=503)
             else:
                 live.append(call)
         by_version: dict[int, list[Call]] = {}
@@ -327,6 +339,11 @@ class ServingLoop:
         compute_us = (time.perf_counter_ns() - t0) // 1000
         self.batches += 1
         total_rows = sum(c.rows for c in batch)
+        first = batch[0].header
+        metrics.record_success(model=str(first.get("model", "")), version=first["version_id"], batch_size=len(batch),
+                               queue_us=int(sum(started - c.header["enqueued"] for c in batch) * 1e6),
+                               compute_us=compute_us,
+                               request_us=int(sum(time.time() - c.header["enqueued"] for c in batch) * 1e6))
         offset = 0
         for call in batch:
             if len(batch) == 1:
@@ -338,8 +355,17 @@ class ServingLoop:
             self._finish(call, compute_us=compute_us, share_us=share, batch_size=len(batch), started=started)
 
     def _finish(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float) -> None:
+        with request_id_bound(call.header.get("request_id")):
+            self._finish_call(call, compute_us=compute_us, share_us=share_us, batch_size=batch_size, started=started)
+
+    def _finish_call(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float) -> None:
         header = call.header
         native = header.get("protocol") == "native"
+        quote = header.get("quote") or {}
+        if fastsql.available() and "created" in header and not quote.get("royalty") and not header.get("webhook"):
+            self._finish_fast(call, compute_us=compute_us, share_us=share_us, batch_size=batch_size,
+                              started=started, native=native)
+            return
         prediction = services.prediction_succeed(
             prediction_id=header["id"], output=services.outputs_to_json(call.outputs) if native else None,
             compute_us=compute_us, compute_share_us=share_us, queue_ms=(started - header["enqueued"]) * 1000.0,
@@ -347,6 +373,7 @@ class ServingLoop:
             started_at=datetime.fromtimestamp(started, UTC),
         )
         self.served += 1
+        log.info("call %s served: batch %d, compute %d us", header["id"], batch_size, compute_us)
         if prediction is None:
             # The web tier (deadline) or a cancel got there first; nothing is charged.
             self._reply(header, {"ok": False, "status": 503, "code": "deadline",
@@ -357,3 +384,41 @@ class ServingLoop:
         else:
             self._reply(header, {"ok": True, "charged": prediction.charged, "metrics": prediction.metrics},
                         call.outputs)
+
+    def _finish_fast(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float,
+                     native: bool) -> None:
+        """Settle in one statement (gateway/fastsql.py) and render the reply from what the frame
+        carries — no ORM round trips. Same outcome as services.prediction_succeed."""
+        header = call.header
+        q = header["quote"]
+        price = services.billing.Quote(hardware=self.cache.hardware, base=q["base"], per_second=q["per_second"],
+                                       royalty=0).price(share_us)
+        now = time.time()
+        metrics_data = {"queue_ms": round((started - header["enqueued"]) * 1000.0, 3),
+                        "compute_ms": round(compute_us / 1000.0, 3),
+                        "total_ms": round((now - header["created"]) * 1000.0, 3), "batch_size": batch_size}
+        output = services.outputs_to_json(call.outputs) if native else None
+        started_at = datetime.fromtimestamp(started, UTC)
+        completed_at = datetime.fromtimestamp(now, UTC)
+        settled = fastsql.settle(prediction_id=header["id"], output=output, hardware=self.cache.hardware,
+                                 worker=self.worker_id, started_at=started_at, completed_at=completed_at,
+                                 price=price, metrics=metrics_data)
+        self.served += 1
+        log.info("call %s served: batch %d, compute %d us", header["id"], batch_size, compute_us)
+        if settled is None:
+            self._reply(header, {"ok": False, "status": 503, "code": "deadline",
+                                 "message": "the call ended before its result arrived"})
+            return
+        charged, _ = settled
+        if not native:
+            self._reply(header, {"ok": True, "charged": charged, "metrics": metrics_data}, call.outputs)
+            return
+        pid = header["id"]
+        self._reply(header, {"ok": True, "prediction": {
+            "id": pid, "model": header["model"], "version": header["version_number"], "status": "succeeded",
+            "output": output, "error": None, "metrics": metrics_data,
+            "credits": {"charged": charged / 1_000_000, "royalty": 0.0, "charged_micro": charged},
+            "created_at": datetime.fromtimestamp(header["created"], UTC).isoformat(),
+            "started_at": started_at.isoformat(), "completed_at": completed_at.isoformat(),
+            "urls": {"get": f"/api/v1/predictions/{pid}", "cancel": f"/api/v1/predictions/{pid}/cancel"},
+        }})

@@ -18,6 +18,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem
 from modelport.gateway import api, services, v2codec
 from modelport.gateway.models import Prediction
@@ -55,7 +56,7 @@ def server_ready() -> bool:
     return True
 
 
-def health_live(request: HttpRequest) -> HttpResponse:
+async def health_live(request: HttpRequest) -> HttpResponse:
     return ok({"live": True})
 
 
@@ -64,7 +65,7 @@ async def health_ready(request: HttpRequest) -> HttpResponse:
     return ok({"ready": True}) if ready else error(503, "database or broker unreachable")
 
 
-def server_metadata(request: HttpRequest) -> HttpResponse:
+async def server_metadata(request: HttpRequest) -> HttpResponse:
     return ok({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
 
 
@@ -108,14 +109,11 @@ async def model_ready(request: HttpRequest, owner: str, name: str, number: int |
 
 def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ...]:
     close_old_connections()
-    user, api_key = api.authenticate(request)
-    if api_key is not None:
-        rate_limit_hit(api_key=api_key)
     limit = settings.MODELPORT_MAX_REQUEST_BYTES
+    user, api_key, version = api.resolve(request, owner, name, number)
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > limit:
         raise Problem(413, f"request body exceeds {limit} bytes")
-    version = services.version_resolve(user=user, owner=owner, name=name, number=number)
     try:
         body = v2codec.decompress_body(request.body, request.headers.get("Content-Encoding"), max_bytes=limit)
         parsed = v2codec.parse_infer_request(
@@ -141,7 +139,7 @@ def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None) -
     deadline_s = services.call_deadline_s(timeout_us / 1000.0 if isinstance(timeout_us, int | float) else None)
     admission = services.prediction_admit(user=user, api_key=api_key, version=version, protocol="v2",
                                           deadline_s=deadline_s,
-                                          request_id=request.headers.get("X-Request-Id", "") or (parsed.id or ""))
+                                          request_id=current_request_id())
     return admission, arrays, parsed
 
 
@@ -160,7 +158,8 @@ async def infer(request: HttpRequest, owner: str, name: str, number: int | None 
     prediction: Prediction = admission.prediction
     try:
         await api.dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="v2",
-                                tensors=arrays)
+                                tensors=arrays, model_label=f"{owner}/{name}",
+                                version_number=admission.version.number)
         reply = await api.await_reply(prediction, wait_s=float(settings.MODELPORT_CALL_DEADLINE_S))
     except aioredis.RedisError as exc:
         await sync_to_async(services.prediction_fail, thread_sensitive=False)(

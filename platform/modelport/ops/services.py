@@ -27,6 +27,7 @@ from modelport.accounts.models import ApiKey
 from modelport.billing.models import LedgerEntry
 from modelport.billing.services import credits_grant, format_credits
 from modelport.gateway import dispatch
+from modelport.gateway.models import WebhookDelivery
 from modelport.ops.models import AuditEntry
 from modelport.registry.models import ModelVersion
 from modelport.registry.services import model_set_default
@@ -109,6 +110,20 @@ def api_key_revoke_by_operator(*, api_key: ApiKey, actor: AbstractBaseUser) -> b
         if revoked:
             audit_record(actor=actor, action="api_key.revoke", obj=api_key, message="revoked")
     return bool(revoked)
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+def webhook_resend_by_operator(*, delivery: WebhookDelivery, actor: AbstractBaseUser) -> WebhookDelivery:
+    """A new delivery for `delivery`'s prediction (sent after commit), audited. Raises
+    Problem(409) when the prediction has no webhook."""
+    from modelport.gateway.webhooks import delivery_resend
+
+    with transaction.atomic():
+        new = delivery_resend(prediction=delivery.prediction)
+        audit_record(actor=actor, action="webhook.resend", obj=delivery.prediction,
+                     details={"delivery_id": delivery.pk, "new_delivery_id": new.pk, "event": new.event},
+                     message=f"webhook {new.event} resent")
+    return new
 
 
 # --- versions ------------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from modelport.accounts.schema import ErrorSerializer, TensorSpecSerializer, responses
 from modelport.billing.models import MICRO
 from modelport.common.problems import Problem
 from modelport.registry import selectors, services
@@ -62,10 +64,71 @@ class ModelPatchSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
 
+# --- shapes for the OpenAPI schema (the views build their answers with model_data/version_data) ---
+class ModelSerializer(serializers.Serializer):
+    owner = serializers.CharField()
+    name = serializers.CharField()
+    visibility = serializers.ChoiceField(choices=Model.Visibility.choices)
+    description = serializers.CharField(allow_blank=True)
+    default_version = serializers.IntegerField(allow_null=True)
+    royalty = serializers.FloatField(help_text="credits per call paid by other callers to the owner")
+    created_at = serializers.DateTimeField()
+
+
+class ModelListSerializer(serializers.Serializer):
+    results = ModelSerializer(many=True)
+
+
+class SignatureSerializer(serializers.Serializer):
+    inputs = TensorSpecSerializer(many=True)
+    outputs = TensorSpecSerializer(many=True)
+
+
+class VersionSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
+    status = serializers.ChoiceField(choices=ModelVersion.Status.choices)
+    error = ErrorSerializer(allow_null=True)
+    signature = SignatureSerializer(allow_null=True)
+    report = serializers.DictField(help_text="parity_max_abs_error, latency_ms_p50, peak_memory_mb, …")
+    disabled = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    ready_at = serializers.DateTimeField(allow_null=True)
+    log = serializers.CharField(required=False, allow_blank=True, help_text="validation/conversion log (owner only)")
+
+
+class VersionListSerializer(serializers.Serializer):
+    results = VersionSerializer(many=True)
+
+
+class VersionUploadSerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
+    artifact = serializers.FileField(
+        help_text=".onnx; a TorchScript archive; state_dict weights (.safetensors, .pt, .pth)")
+    source = serializers.FileField(required=False, help_text="Python source defining the network (state_dict only)")
+    entrypoint = serializers.CharField(required=False, help_text="nn.Module subclass or factory in source")
+    init_kwargs = serializers.CharField(required=False, help_text="JSON object passed to the entrypoint")
+    inputs = serializers.CharField(required=False,
+                                   help_text='JSON array [{"name", "dtype", "shape"}]; required unless onnx')
+    outputs = serializers.CharField(required=False, help_text="JSON array of output names")
+
+
+def _model_access(request: Request, owner: str, name: str, *, write: bool = False) -> Model:
+    # A NUL cannot be in a username or a slug (and PostgreSQL refuses it in a query): unknown model.
+    if "\x00" in owner or "\x00" in name:
+        raise selectors.model_not_found(owner, name)
+    return selectors.model_access(user=request.user, owner=owner, name=name, write=write)
+
+
+@extend_schema(tags=["models"])
 class ModelListView(APIView):
+    @extend_schema(operation_id="model_list", summary="Own and public models",
+                   responses=responses({200: ModelListSerializer}))
     def get(self, request: Request) -> Response:
         return Response({"results": [model_data(m) for m in selectors.models_visible(user=request.user)]})
 
+    @extend_schema(operation_id="model_create", request=ModelCreateSerializer,
+                   responses=responses({201: ModelSerializer}, 400, 409, 415))
     def post(self, request: Request) -> Response:
         ser = ModelCreateSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -73,12 +136,16 @@ class ModelListView(APIView):
         return Response(model_data(model), status=201)
 
 
+@extend_schema(tags=["models"])
 class ModelDetailView(APIView):
+    @extend_schema(operation_id="model_get", responses=responses({200: ModelSerializer}, 404))
     def get(self, request: Request, owner: str, name: str) -> Response:
-        return Response(model_data(selectors.model_access(user=request.user, owner=owner, name=name)))
+        return Response(model_data(_model_access(request, owner, name)))
 
+    @extend_schema(operation_id="model_update", request=ModelPatchSerializer,
+                   responses=responses({200: ModelSerializer}, 400, 403, 404, 409, 415))
     def patch(self, request: Request, owner: str, name: str) -> Response:
-        model = selectors.model_access(user=request.user, owner=owner, name=name, write=True)
+        model = _model_access(request, owner, name, write=True)
         ser = ModelPatchSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         data = ser.validated_data
@@ -112,6 +179,7 @@ class UploadLimitHandler(FileUploadHandler):
         return None
 
 
+@extend_schema(tags=["models"])
 class VersionListView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         length = request.META.get("CONTENT_LENGTH") or "0"
@@ -120,13 +188,20 @@ class VersionListView(APIView):
         request._request.upload_handlers.insert(0, UploadLimitHandler(request._request))
         super().initial(request, *args, **kwargs)
 
+    @extend_schema(operation_id="version_list", summary="Versions, newest first",
+                   responses=responses({200: VersionListSerializer}, 404))
     def get(self, request: Request, owner: str, name: str) -> Response:
-        model = selectors.model_access(user=request.user, owner=owner, name=name)
+        model = _model_access(request, owner, name)
         return Response({"results": [version_data(v) for v in model.versions.order_by("-number")]})
 
+    @extend_schema(operation_id="version_create", summary="Upload a version (validated and converted by workers)",
+                   request={"multipart/form-data": VersionUploadSerializer},
+                   responses=responses({202: VersionSerializer}, 400, 403, 404, 413, 415))
     def post(self, request: Request, owner: str, name: str) -> Response:
-        model = selectors.model_access(user=request.user, owner=owner, name=name, write=True)
+        model = _model_access(request, owner, name, write=True)
         files, data = request.FILES, request.data
+        if not hasattr(data, "get"):
+            raise Problem(400, "send the version as multipart/form-data fields", errors={"format": ["required"]})
         artifact, source = files.get("artifact"), files.get("source")
         version = services.model_version_create(
             model=model,
@@ -141,9 +216,11 @@ class VersionListView(APIView):
         return Response(version_data(version), status=202)
 
 
+@extend_schema(tags=["models"])
 class VersionDetailView(APIView):
+    @extend_schema(operation_id="version_get", responses=responses({200: VersionSerializer}, 404))
     def get(self, request: Request, owner: str, name: str, number: int) -> Response:
-        model = selectors.model_access(user=request.user, owner=owner, name=name)
+        model = _model_access(request, owner, name)
         version = selectors.version_get(model=model, number=number)
         is_owner = model.owner_id == request.user.pk
         return Response(version_data(version, include_log=is_owner))

@@ -19,6 +19,8 @@ def model_access(*, user: AbstractBaseUser | None, owner: str, name: str, write:
     "Missing" and "someone else's private model" raise the same 404 so existence is not leaked;
     writing to someone else's public model is a 403.
     """
+    if "\x00" in owner or "\x00" in name:  # PostgreSQL refuses NUL in text: treat as not found
+        raise model_not_found(owner.replace("\x00", ""), name.replace("\x00", ""))
     model = Model.objects.select_related("owner", "default_version").filter(owner__username=owner, name=name).first()
     is_owner = model is not None and user is not None and model.owner_id == user.pk
     if model is None or (not is_owner and model.visibility != Model.Visibility.PUBLIC):

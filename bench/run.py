@@ -1,0 +1,222 @@
+"""Benchmarks for the inference path, as ratios against baselines measured in the same run.
+
+    python bench/run.py [--duration 8]
+
+Runs, on this machine and loopback only:
+1. onnxruntime in-process (MLP 784-256-10, batch 1) — the floor;
+2. a minimal direct HTTP server around the same session (bench/direct_server.py);
+3. the full platform path (HTTP, API key, admission + hold, Redis data plane, serving worker,
+   onnxruntime, settlement) with the same model, at concurrency 1 and 32;
+4. the same with metering switched off (bench-only setting) — metering's share;
+5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1.
+Load comes from wrk (Debian package) with bounded duration. Everything started is stopped by
+process group. Needs PostgreSQL and Redis on 127.0.0.1 (make services).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "platform"), str(REPO)]
+
+from tests import stack as stk  # noqa: E402
+from workers.demo import mlp_onnx  # noqa: E402
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = io.open("{body}"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+"""
+
+
+def wrk(url: str, body: dict, *, connections: int, duration: int, headers: dict[str, str] | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        body_path = Path(tmp) / "body.json"
+        body_path.write_text(json.dumps(body))
+        lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+        script = Path(tmp) / "post.lua"
+        script.write_text(WRK_LUA.format(body=body_path, headers=lines))
+        threads = 1 if connections == 1 else 2
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+                              "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60,
+                             check=True).stdout
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"p50_ms": ms("50"), "p99_ms": ms("99"), "rps": rps, "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def inprocess(model: Path, x: np.ndarray, n: int = 5000) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    for _ in range(200):
+        session.run(None, {"x": x})
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def cnn_onnx(path: Path) -> Path:
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("ex", REPO / "examples" / "build_examples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.onnx.export(module.build_cnn(), (torch.randn(2, 3, 32, 32),), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=18,
+                      dynamo=False)
+    return path
+
+
+class Platform:
+    def __init__(self, tmp: Path, db: str) -> None:
+        self.tmp = tmp
+        self.prefix = f"mpbench{uuid.uuid4().hex[:6]}"
+        self.env = stk.process_env(
+            DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}", REDIS_URL="redis://127.0.0.1:6379/11",
+            MODELPORT_REDIS_PREFIX=self.prefix, MODELPORT_ARTIFACT_ROOT=str(tmp / "artifacts"),
+            MODELPORT_RATE_LIMIT="1000000/second", MODELPORT_LOG_LEVEL="WARNING",
+        )
+        self.procs: list[stk.Proc] = []
+        self.port = stk.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str) -> str:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=self.env, check=True,
+                              capture_output=True, text=True).stdout
+
+    def start(self, **env: str) -> None:
+        full = {**self.env, **env}
+        web = stk.start("bench-web", [sys.executable, "-m", "uvicorn", "modelport.config.asgi:application",
+                                      "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
+                                      "--log-level", "warning"], full)
+        serve = stk.start("bench-serve", stk.celery_argv("bench-serve", [f"{self.prefix}.control"], serve=True), full)
+        convert = stk.start("bench-convert", stk.celery_argv("bench-convert", [f"{self.prefix}.convert"]), full)
+        self.procs = [web, serve, convert]
+        stk.wait_http(f"{self.url}/healthz", web)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    args = parser.parse_args()
+    d = args.duration
+    import httpx
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        mlp = mlp_onnx(tmp / "mlp.onnx")
+        x = np.random.default_rng(0).standard_normal((1, 784)).astype(np.float32)
+        body = {"input": {"x": x.tolist()}}
+        results["onnxruntime in-process"] = {"p50_ms": inprocess(mlp, x)}
+
+        port = stk.free_port()
+        direct = stk.start("bench-direct", [sys.executable, str(REPO / "bench" / "direct_server.py"), str(mlp),
+                                            str(port)], stk.process_env())
+        try:
+            time.sleep(2)
+            results["direct HTTP c=1"] = wrk(f"http://127.0.0.1:{port}/", body, connections=1, duration=d)
+            results["direct HTTP c=32"] = wrk(f"http://127.0.0.1:{port}/", body, connections=32, duration=d)
+        finally:
+            direct.stop()
+
+        db = f"modelport_bench_{os.getpid()}"
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
+        platform = Platform(tmp, db)
+        try:
+            platform.manage("migrate", "--no-input", "-v0")
+            key = platform.manage("createapikey", "bench", "--credits", "100000000").strip().splitlines()[-1]
+            auth = {"Authorization": f"Bearer {key}"}
+            platform.start()
+            client = httpx.Client(base_url=platform.url, headers=auth, timeout=120)
+            client.post("/api/v1/models", json={"name": "mlp"})
+            client.post("/api/v1/models", json={"name": "cnn"})
+            client.post("/api/v1/models/bench/mlp/versions", data={"format": "onnx"},
+                        files={"artifact": ("mlp.onnx", mlp.read_bytes())})
+            cnn = cnn_onnx(tmp / "cnn.onnx")
+            for _ in range(2):  # v1: no batching, v2: batching up to 16
+                client.post("/api/v1/models/bench/cnn/versions", data={"format": "onnx"},
+                            files={"artifact": ("cnn.onnx", cnn.read_bytes())})
+            for path in ("mlp/versions/1", "cnn/versions/1", "cnn/versions/2"):
+                while client.get(f"/api/v1/models/bench/{path}").json()["status"] not in ("ready", "failed"):
+                    time.sleep(0.2)
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc",
+                            "UPDATE registry_modelversion SET max_batch_size = 1 WHERE number = 1;"
+                            "UPDATE registry_modelversion SET max_batch_size = 16, max_queue_delay_ms = 2 "
+                            "WHERE number = 2;"], check=True)
+            platform.stop()
+            headers = {**auth, "Prefer": "wait"}
+            predict = f"{platform.url}/api/v1/models/bench/mlp/predictions"
+            for label, env in (("platform", {}), ("platform, metering off", {"MODELPORT_BENCH_DISABLE_METERING": "1"})):
+                platform.start(**env)
+                for _ in range(50):
+                    client.post("/api/v1/models/bench/mlp/predictions", json=body, headers={"Prefer": "wait"})
+                results[f"{label} c=1"] = wrk(predict, body, connections=1, duration=d, headers=headers)
+                results[f"{label} c=32"] = wrk(predict, body, connections=32, duration=d, headers=headers)
+                platform.stop()
+            platform.start()
+            image = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+            cnn_body = {"input": {"x": image.tolist()}}
+            for number, label in ((1, "CNN unbatched c=32"), (2, "CNN batched c=32")):
+                url = f"{platform.url}/api/v1/models/bench/cnn/versions/{number}/predictions"
+                for _ in range(20):
+                    client.post(url.removeprefix(platform.url), json=cnn_body, headers={"Prefer": "wait"})
+                results[label] = wrk(url, cnn_body, connections=32, duration=d, headers=headers)
+        finally:
+            platform.stop()
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {db}"],
+                           check=False)
+            redis_keys = subprocess.run(["redis-cli", "-n", "11", "--scan", "--pattern", f"{platform.prefix}*"],
+                                        capture_output=True, text=True).stdout.split()
+            if redis_keys:
+                subprocess.run(["redis-cli", "-n", "11", "del", *redis_keys], capture_output=True, check=False)
+
+    print(f"\n{'path':32} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9} {'non-2xx':>8}")
+    for label, r in results.items():
+        print(f"{label:32} {r.get('p50_ms', float('nan')):9.3f} {r.get('p99_ms', float('nan')):9.3f} "
+              f"{r.get('rps', float('nan')):9.0f} {r.get('non2xx', 0):8d}")
+    p, off, direct_1 = results["platform c=1"], results["platform, metering off c=1"], results["direct HTTP c=1"]
+    p32, off32 = results["platform c=32"], results["platform, metering off c=32"]
+    print("\nratios (same run):")
+    print(f"  platform p50 / direct HTTP p50 (c=1)          {p['p50_ms'] / direct_1['p50_ms']:.2f}")
+    print(f"  platform p99 / platform p50 (c=1)             {p['p99_ms'] / p['p50_ms']:.2f}   (goal <= 3)")
+    print(f"  platform req/s / direct HTTP req/s (c=32)     {p32['rps'] / results['direct HTTP c=32']['rps']:.2f}")
+    print(f"  metering share of p50 (c=1)                   {1 - off['p50_ms'] / p['p50_ms']:+.1%}   (goal <= 10%)")
+    print(f"  metering share of throughput (c=32)           {1 - p32['rps'] / off32['rps']:+.1%}   (goal <= 10%)")
+    print(f"  CNN batched / unbatched req/s (c=32)          "
+          f"{results['CNN batched c=32']['rps'] / results['CNN unbatched c=32']['rps']:.2f}   (goal >= 1.2)")
+    print("  BentoML peer: not installed here (optional); FINDINGS measured it at p50 1.6-1.8 ms, 430-510 req/s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

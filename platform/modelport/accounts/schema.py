@@ -1,0 +1,346 @@
+"""OpenAPI pieces shared by the native API's views (drf-spectacular; served at /api/schema/).
+
+- `ApiKeyAuthenticationScheme` makes `Authorization: Bearer <api key>` the schema's security
+  scheme (`bearerAuth`).
+- `ProblemSerializer` and `problems(...)` document the problem+json error bodies (CONTRACT §2):
+  every documented error status answers `application/problem+json`.
+- The gateway's DRF views (account, prediction get/list/cancel) are documented from here through
+  `OpenApiViewExtension`s, so their module stays free of documentation code. The native
+  prediction *create* endpoint is a plain async Django view that drf-spectacular cannot see; it is
+  added by the postprocessing hook `native_prediction_paths` (enabled in SPECTACULAR_SETTINGS).
+
+The serializers here only describe shapes; no view validates with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import serializers
+
+PROBLEM = "application/problem+json"
+
+_PROBLEM_TEXT = {
+    400: "Invalid input; `errors` names the offending fields.",
+    401: "No API key, or an invalid or revoked one.",
+    402: "Not enough credits for the call.",
+    403: "The model is someone else's (public) model and cannot be changed.",
+    404: "Unknown, or another user's private, resource (existence is not leaked).",
+    409: "State conflict.",
+    413: "Body too large.",
+    415: "Unsupported request media type.",
+    429: "Rate limited or the queue is full.",
+    503: "Model not ready, worker unavailable, or deadline passed in the queue.",
+}
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "modelport.accounts.authentication.ApiKeyAuthentication"
+    name = "bearerAuth"
+    priority = 1
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`mp_…`), created with `manage.py createapikey` or POST /api/v1/keys.",
+        }
+
+
+class ProblemSerializer(serializers.Serializer):
+    """RFC 9457 problem details; extra members (`errors`, `balance`, `required`, …) may follow."""
+
+    type = serializers.CharField()
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    errors = serializers.JSONField(required=False, help_text="per-field messages")
+
+
+def problems(*codes: int) -> dict[tuple[int, str], OpenApiResponse]:
+    """Responses for `extend_schema(responses=...)`: each status answered with problem+json."""
+    return {(code, PROBLEM): OpenApiResponse(ProblemSerializer, description=_PROBLEM_TEXT[code]) for code in codes}
+
+
+def responses(ok: dict[Any, Any], *codes: int) -> dict[Any, Any]:
+    """`ok` plus problem+json for `codes` and 401 (every native endpoint needs a key)."""
+    return {**ok, **problems(*sorted({401, *codes}))}
+
+
+# --- shapes shared by several apps -----------------------------------------------------------
+class TensorSpecSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    dtype = serializers.CharField(help_text="numpy dtype name: float32, int64, bool, …")
+    shape = serializers.ListField(
+        child=serializers.IntegerField(allow_null=True), help_text="an int per axis, null for a dynamic axis"
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+# --- gateway views (documented from here; see the module docstring) ------------------------
+class AccountSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    credits = serializers.FloatField(help_text="balance in credits")
+    credits_micro = serializers.IntegerField(help_text="balance in micro-credits (1e-6 credit)")
+    is_staff = serializers.BooleanField()
+
+
+class PredictionMetricsSerializer(serializers.Serializer):
+    queue_ms = serializers.FloatField(allow_null=True)
+    compute_ms = serializers.FloatField(allow_null=True)
+    total_ms = serializers.FloatField(allow_null=True)
+    batch_size = serializers.IntegerField(allow_null=True)
+
+
+class PredictionCreditsSerializer(serializers.Serializer):
+    charged = serializers.FloatField()
+    royalty = serializers.FloatField()
+    charged_micro = serializers.IntegerField()
+
+
+class PredictionUrlsSerializer(serializers.Serializer):
+    get = serializers.CharField()
+    cancel = serializers.CharField()
+
+
+PREDICTION_STATUSES = ["starting", "processing", "succeeded", "failed", "canceled"]
+
+
+class PredictionSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField(help_text="owner/name")
+    version = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=PREDICTION_STATUSES)
+    output = serializers.DictField(
+        child=serializers.JSONField(), allow_null=True, help_text="{output name: nested list}"
+    )
+    error = ErrorSerializer(allow_null=True)
+    metrics = PredictionMetricsSerializer()
+    credits = PredictionCreditsSerializer()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    urls = PredictionUrlsSerializer()
+
+
+class PredictionListSerializer(serializers.Serializer):
+    results = PredictionSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="cursor for the next page (pass as ?cursor=)")
+
+
+class AccountViewSchema(OpenApiViewExtension):
+    target_class = "modelport.gateway.api.AccountView"
+
+    def view_replacement(self) -> type:
+        @extend_schema_view(
+            get=extend_schema(
+                operation_id="account_get",
+                tags=["account"],
+                summary="The caller's account and balance",
+                responses=responses({200: AccountSerializer}),
+            )
+        )
+        class Fixed(self.target_class):  # type: ignore[name-defined,misc]
+            pass
+
+        return Fixed
+
+
+class PredictionDetailViewSchema(OpenApiViewExtension):
+    target_class = "modelport.gateway.api.PredictionDetailView"
+
+    def view_replacement(self) -> type:
+        @extend_schema_view(
+            get=extend_schema(
+                operation_id="prediction_get",
+                tags=["predictions"],
+                responses=responses({200: PredictionSerializer}, 404),
+            )
+        )
+        class Fixed(self.target_class):  # type: ignore[name-defined,misc]
+            pass
+
+        return Fixed
+
+
+class PredictionCancelViewSchema(OpenApiViewExtension):
+    target_class = "modelport.gateway.api.PredictionCancelView"
+
+    def view_replacement(self) -> type:
+        @extend_schema_view(
+            post=extend_schema(
+                operation_id="prediction_cancel",
+                tags=["predictions"],
+                request=None,
+                summary="Cancel a prediction (no effect on a finished one)",
+                responses=responses({200: PredictionSerializer}, 404),
+            )
+        )
+        class Fixed(self.target_class):  # type: ignore[name-defined,misc]
+            pass
+
+        return Fixed
+
+
+class PredictionListViewSchema(OpenApiViewExtension):
+    target_class = "modelport.gateway.api.PredictionListView"
+
+    def view_replacement(self) -> type:
+        @extend_schema_view(
+            get=extend_schema(
+                operation_id="prediction_list",
+                tags=["predictions"],
+                summary="The caller's predictions, newest first",
+                parameters=[OpenApiParameter("cursor", str, description="`next` of the previous page")],
+                responses=responses({200: PredictionListSerializer}, 400),
+            )
+        )
+        class Fixed(self.target_class):  # type: ignore[name-defined,misc]
+            pass
+
+        return Fixed
+
+
+# --- the native prediction create endpoint (a plain async view) -----------------------------
+def native_prediction_paths(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Postprocessing hook: documents POST …/predictions, which drf-spectacular cannot discover
+    (it is an async Django view, not a DRF view). Reuses the components generated for the DRF
+    views (`Prediction`, `Problem`)."""
+    problem = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    prediction = {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}}
+    body = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {}},
+                "description": "{input name: nested list}, checked against the version's signature",
+            },
+            "webhook": {"type": "string", "format": "uri"},
+            "webhook_events_filter": {"type": "array", "items": {"type": "string", "enum": ["start", "completed"]}},
+        },
+    }
+    owner_name = [
+        {"in": "path", "name": "owner", "required": True, "schema": {"type": "string"}},
+        {"in": "path", "name": "name", "required": True, "schema": {"type": "string"}},
+    ]
+    headers = [
+        {
+            "in": "header",
+            "name": "Prefer",
+            "schema": {"type": "string"},
+            "description": "`wait` or `wait=N` (seconds): answer when done (200)",
+        },
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": "a retried create with the same key returns the same prediction and charges once",
+        },
+        {
+            "in": "header",
+            "name": "Modelport-Deadline-Ms",
+            "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+        },
+    ]
+
+    def operation(operation_id: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+        codes = {400, 401, 402, 404, 413, 429, 503}
+        return {
+            "operationId": operation_id,
+            "summary": "Run a model (native API)",
+            "tags": ["predictions"],
+            "security": [{"bearerAuth": []}],
+            "parameters": parameters + headers,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": {"description": "Finished within the `Prefer: wait` time.", "content": prediction},
+                "201": {"description": "Created; still running (no `Prefer: wait`).", "content": prediction},
+                "202": {"description": "Still running after the wait.", "content": prediction},
+                **{str(code): {"description": _PROBLEM_TEXT[code], "content": problem} for code in sorted(codes)},
+            },
+        }
+
+    number = {"in": "path", "name": "number", "required": True, "schema": {"type": "integer"}}
+    paths = result.setdefault("paths", {})
+    paths.setdefault("/api/v1/models/{owner}/{name}/predictions", {})["post"] = operation(
+        "prediction_create", owner_name
+    )
+    paths.setdefault("/api/v1/models/{owner}/{name}/versions/{number}/predictions", {})["post"] = operation(
+        "prediction_create_version", [*owner_name, number]
+    )
+    return result
+
+
+# --- webhook views (gateway) --------------------------------------------------------------------
+class WebhookAttemptSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    status_code = serializers.IntegerField(allow_null=True)
+    latency_ms = serializers.FloatField(allow_null=True)
+    ok = serializers.BooleanField()
+    error = serializers.CharField(allow_null=True, allow_blank=True)
+    response_excerpt = serializers.CharField(allow_null=True, allow_blank=True)
+
+
+class WebhookDeliverySerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="the `webhook-id` header of every attempt")
+    event = serializers.CharField()
+    status = serializers.ChoiceField(choices=["pending", "delivered", "dead"])
+    attempts = WebhookAttemptSerializer(many=True)
+
+
+class WebhookDeliveryListSerializer(serializers.Serializer):
+    results = WebhookDeliverySerializer(many=True)
+
+
+class WebhookSecretSerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="HMAC-SHA256 key of the `webhook-signature` header")
+
+
+def _documented(target: str, **methods: Any) -> type[OpenApiViewExtension]:
+    """An OpenApiViewExtension that applies `extend_schema(**kwargs)` to each named method."""
+
+    def view_replacement(self: OpenApiViewExtension) -> type:
+        return extend_schema_view(**{m: extend_schema(**kw) for m, kw in methods.items()})(
+            type("Fixed", (self.target_class,), {})
+        )
+
+    name = target.rsplit(".", 1)[1] + "Schema"
+    return type(name, (OpenApiViewExtension,), {"target_class": target, "view_replacement": view_replacement})
+
+
+PredictionWebhookResendViewSchema = _documented(
+    "modelport.gateway.api.PredictionWebhookResendView",
+    post={
+        "operation_id": "prediction_webhook_resend",
+        "tags": ["predictions"],
+        "request": None,
+        "summary": "Send the prediction's completed webhook again",
+        "responses": responses({202: WebhookDeliverySerializer}, 404, 409),
+    },
+)
+PredictionWebhooksViewSchema = _documented(
+    "modelport.gateway.api.PredictionWebhooksView",
+    get={
+        "operation_id": "prediction_webhooks",
+        "tags": ["predictions"],
+        "summary": "The prediction's webhook deliveries and every attempt",
+        "responses": responses({200: WebhookDeliveryListSerializer}, 404),
+    },
+)
+WebhookSecretViewSchema = _documented(
+    "modelport.gateway.api.WebhookSecretView",
+    get={
+        "operation_id": "account_webhook_secret",
+        "tags": ["account"],
+        "responses": responses({200: WebhookSecretSerializer}),
+    },
+)
