@@ -29,6 +29,9 @@ from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
 
 
+MAX_VERSION_NUMBER = 2**31 - 1  # PostgreSQL integer; larger numbers cannot exist
+
+
 @dataclass
 class Admission:
     prediction: Prediction
@@ -59,8 +62,12 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
     from modelport.accounts.services import KEY_PREFIX, LAST_USED_RESOLUTION, hash_key
     from modelport.registry.models import Model
 
-    if not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200 or "\x00" in owner + name:
+    if not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200:
         raise Problem(401, "invalid or revoked API key")
+    if "\x00" in owner + name:
+        raise registry.model_not_found(owner.replace("\x00", ""), name.replace("\x00", ""))
+    if number is not None and not 0 < number <= MAX_VERSION_NUMBER:
+        raise Problem(404, f"model {owner}/{name} has no version {number}")
     row = fastsql.resolve_call(key_hash=hash_key(raw_key), owner=owner, name=name, number=number)
     if row is None:
         raise Problem(401, "invalid or revoked API key")

@@ -44,7 +44,7 @@ def version_default(*, model: Model) -> ModelVersion | None:
 
 
 def version_get(*, model: Model, number: int) -> ModelVersion:
-    version = model.versions.filter(number=number).first()
+    version = model.versions.filter(number=number).first() if 0 < number < 2**31 else None
     if version is None:
         raise Problem(404, f"model {model.owner.username}/{model.name} has no version {number}")
     return version
