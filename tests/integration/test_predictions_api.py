@@ -212,3 +212,23 @@ def test_webhook_target_rules(api, settings):
     with pytest.raises(Problem):
         check_request(webhook="http://8.8.8.8/x", events=["finished"])
     assert check_request(webhook="http://8.8.8.8/x", events=None) == ("http://8.8.8.8/x", ["start", "completed"])
+
+
+def test_oversize_body_is_413_and_nan_is_400(api, live, settings):
+    import httpx
+
+    key = api.http.headers["Authorization"]
+    before = api.balance_micro()
+    big = b'{"input": {"x": [' + b"0.0," * (5 * 1024 * 1024) + b'0.0]}}'  # > 16 MB
+    resp = httpx.post(f"{live.base_url}/api/v1/models/predictor/tiny/predictions", content=big, timeout=60,
+                      headers={"Authorization": key, "Content-Type": "application/json"})
+    assert resp.status_code == 413
+    resp = httpx.post(f"{live.base_url}/api/v1/models/predictor/tiny/predictions", timeout=30,
+                      content=b'{"input": {"x": [[NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}}',
+                      headers={"Authorization": key, "Content-Type": "application/json", "Prefer": "wait"})
+    assert resp.status_code == 400 and "NaN" in resp.json()["detail"]
+    resp = api.post("/api/v1/models/predictor/tiny/predictions", json={"input": {"x": [[1e39] * 16]}},
+                    headers={"Prefer": "wait"})
+    assert resp.status_code == 400 and "overflow" in resp.json()["detail"]
+    assert api.balance_micro() == before
+    assert api.get("/api/v1/predictions").json()["results"] == []

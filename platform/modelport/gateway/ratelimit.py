@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
+import redis
 from django.conf import settings
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage, storage_from_string
@@ -31,7 +32,11 @@ def rate_limit_hit(*, api_key: ApiKey) -> None:
     """Count one request for `api_key`; 429 with Retry-After when a window is exhausted."""
     limiter = _limiter()
     for item in _items(api_key.rate_limit or settings.MODELPORT_RATE_LIMIT):
-        if not limiter.hit(item, str(api_key.pk)):
+        try:
+            allowed = limiter.hit(item, str(api_key.pk))
+        except redis.RedisError as exc:  # no broker: the call could not be served anyway
+            raise Problem(503, f"the serving queue is unavailable: {exc}") from None
+        if not allowed:
             reset = limiter.get_window_stats(item, str(api_key.pk)).reset_time
             retry = max(1, int(reset - time.time() + 0.999))
             raise Problem(429, f"rate limit {item} exceeded for key {api_key.prefix}",

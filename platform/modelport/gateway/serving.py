@@ -169,6 +169,13 @@ class ServingLoop:
                 self.versions.pop(int(key), None)
                 log.info("unloaded disabled version %s", key)
 
+    def _still_disabled(self, version_id: int) -> bool:
+        """The local set is refreshed once per heartbeat; confirm before refusing a call."""
+        if self.redis.sismember(dispatch.key("disabled"), version_id):
+            return True
+        self.disabled.discard(version_id)
+        return False
+
     def _place(self, beat: dict[str, Any]) -> None:
         """Load versions that want more replicas, or whose list is backing up."""
         close_old_connections()
@@ -289,7 +296,7 @@ class ServingLoop:
             if call.popped > call.header["deadline"]:
                 self._fail(call, code="deadline", message="the call waited past its deadline in the queue",
                            http_status=503)
-            elif call.header["version_id"] in self.disabled:
+            elif call.header["version_id"] in self.disabled and self._still_disabled(call.header["version_id"]):
                 self._fail(call, code="disabled", message="this model version was disabled", http_status=503)
             else:
                 live.append(call)

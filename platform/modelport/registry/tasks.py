@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
 from modelport.registry import services
@@ -113,3 +114,21 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
 @shared_task(ignore_result=True)
 def versions_reap() -> int:
     return services.versions_reap(older_than_s=2 * settings.MODELPORT_VALIDATION_TIMEOUT_S + 60)
+
+
+@worker_ready.connect
+def report_isolation(sender: object = None, **kwargs: object) -> None:
+    """At worker start, say how user code will be isolated on this host (or that PyTorch uploads
+    will be refused), so an operator sees it before the first upload fails."""
+    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
+    if queues and settings.CELERY_QUEUE_CONVERT not in queues:
+        return
+    from workers.sandbox import isolation_level
+
+    level = isolation_level()
+    if level == "none":
+        policy = ("PyTorch uploads run UNSANDBOXED (development setting)" if settings.MODELPORT_ALLOW_UNSANDBOXED
+                  else "state_dict and TorchScript uploads will be refused")
+        log.warning("sandbox isolation: none on this host; %s", policy)
+    else:
+        log.info("sandbox isolation: %s", level)
