@@ -92,7 +92,9 @@ _database_url = env_str("DATABASE_URL", _default_db) if _default_db else env_str
 if _database_url == _default_db:
     VAR_DIR.mkdir(exist_ok=True)
 try:
-    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)}
+    # Persistent connections without a per-request health check (a `SELECT 1` round trip on every
+    # call): a connection that fails is marked and replaced at the next close_old_connections().
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=False)}
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
