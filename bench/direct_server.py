@@ -17,7 +17,7 @@ session = ort.InferenceSession(MODEL, options, providers=["CPUExecutionProvider"
 name = session.get_inputs()[0].name
 
 
-async def app(scope, receive, send):  # noqa: ANN001, ANN201
+async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     body = b""

@@ -88,9 +88,9 @@ def main() -> int:
         theirs = throughput(lambda v: plain.run(None, {"x": v}), x)
         print(f"throughput batch 32: cached session {ours:.0f}/s, plain CUDA session {theirs:.0f}/s, "
               f"ratio {ours / theirs:.2f}")
-        del plain
+        plain = None
         cache.evict("cnn")
-        del gpu
+        gpu = None
         time.sleep(1)
         after = device_used_mb()
         print(f"device memory after eviction: {after:.0f} MiB (freed {loaded - after:.0f} MiB)")

@@ -5,6 +5,7 @@ Used by `make run` to register a demo model, by tests and by bench/.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ def mlp_onnx(path: Path, *, sizes: tuple[int, ...] = (784, 256, 10), seed: int =
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current = "x"
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
         b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]

@@ -3,6 +3,7 @@
 # because a suite that collects nothing has tested nothing.
 set -uo pipefail
 PY=${1:-.venv/bin/python}
+"$PY" -m ruff check . || exit 1
 "$PY" -m pytest "${@:2}"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -39,7 +39,7 @@ def test_64_concurrent_calls_on_a_short_balance(user_api, live, tmp_path):
 
     owner = user_api("shortowner")
     _ready(owner, "tiny", tmp_path, visibility="public")
-    caller = user_api("short", credits=4)  # each call holds 0.1 + 1 s × 1 credit/s = 1.1 credits
+    caller = user_api("short", credits=4)  # each call holds 0.1 + 1 s x 1 credit/s = 1.1 credits
     key = caller.http.headers["Authorization"]
     body = {"input": {"x": [[0.5] * 16]}}
 
@@ -139,7 +139,6 @@ def test_service_level_rounding_10000_calls_sum_exactly(live):
     """10,000 tiny calls settled through the real services: their charges sum exactly to the
     balance change and each equals its price formula (no float anywhere)."""
     from django.utils import timezone
-
     from modelport.accounts.services import user_create
     from modelport.billing.services import Quote
     from modelport.gateway import services

@@ -21,7 +21,7 @@ from modelport.common.problems import Problem
 PAGE = 500
 
 
-def _when(request: Request, name: str):  # noqa: ANN202 - datetime | None
+def _when(request: Request, name: str):
     raw = request.query_params.get(name)
     if not raw:
         return None
@@ -87,7 +87,7 @@ _WHEN_HELP = "ISO date (UTC midnight) or datetime with a timezone"
 
 
 class UsageView(APIView):
-    def perform_content_negotiation(self, request: Request, force: bool = False):  # noqa: ANN201
+    def perform_content_negotiation(self, request: Request, force: bool = False):
         # CSV is rendered by hand below; DRF must not answer `Accept: text/csv` with a 406.
         return super().perform_content_negotiation(request, force=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.deprecation import MiddlewareMixin

@@ -26,8 +26,8 @@ from modelport.accounts.services import api_key_authenticate, bearer_token
 from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem, problem_response
 from modelport.gateway import dispatch, fastsql, services, webhooks
-from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.models import Prediction
+from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.tensors import inputs_from_json, reject_constant
 from workers import wire
 
@@ -129,7 +129,8 @@ async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: st
         "id": prediction.id, "version_id": version_id, "protocol": protocol,
         "reply": dispatch.reply_key(prediction.id), "enqueued": time.time(),
         "deadline": prediction.deadline_at.timestamp(), "request_id": prediction.request_id,
-        "model": model_label, "version_number": version_number, "created": prediction.created_at.timestamp(), "hold": prediction.hold_amount,
+        "model": model_label, "version_number": version_number, "created": prediction.created_at.timestamp(),
+        "hold": prediction.hold_amount,
         "quote": prediction.quote, "webhook": bool(prediction.webhook),
     }
     await client.rpush(_router.queue_for(version_id), wire.pack(header, tensors))

@@ -51,7 +51,8 @@ class Prediction(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["user", "idempotency_key"], name="unique_idempotency_key_per_user"),
-            models.CheckConstraint(condition=models.Q(charged__lte=models.F("hold_amount")), name="charged_within_hold"),
+            models.CheckConstraint(condition=models.Q(charged__lte=models.F("hold_amount")),
+                                   name="charged_within_hold"),
         ]
         indexes = [models.Index(fields=["status", "deadline_at"])]
 

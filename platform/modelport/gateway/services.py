@@ -28,7 +28,6 @@ from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
 
-
 MAX_VERSION_NUMBER = 2**31 - 1  # PostgreSQL integer; larger numbers cannot exist
 
 

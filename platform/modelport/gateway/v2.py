@@ -22,7 +22,6 @@ from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem
 from modelport.gateway import api, services, v2codec
 from modelport.gateway.models import Prediction
-from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.tensors import check_array
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion

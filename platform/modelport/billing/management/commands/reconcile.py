@@ -17,7 +17,9 @@ class Command(BaseCommand):
             drift = ledger_drift(account=account)
             if drift:
                 drifting += 1
-                self.stdout.write(f"{account.user.username}: balance differs from the ledger by {format_credits(drift)}")
+                self.stdout.write(
+                    f"{account.user.username}: balance differs from the ledger by {format_credits(drift)}"
+                )
         self.stdout.write(f"{drifting} account(s) drift")
         if drifting:
             raise SystemExit(1)
