@@ -276,30 +276,39 @@ def outputs_to_json(outputs: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
     return {name: arr.tolist() for name, arr in outputs}
 
 
+def prediction_json(*, pid: str, model: str, version: int, status: str, output: Any, error: Any,
+                    metrics: dict[str, Any] | None, charged: int, royalty: int, created_at: datetime,
+                    started_at: datetime | None, completed_at: datetime | None, base_url: str = "") -> dict[str, Any]:
+    """The prediction object of CONTRACT §4, from plain values (the serving loop's fast path
+    renders it without loading the row; `prediction_data` renders a loaded row)."""
+    return {
+        "id": pid,
+        "model": model,
+        "version": version,
+        "status": status,
+        "output": output,
+        "error": error,
+        "metrics": metrics or {"queue_ms": None, "compute_ms": None, "total_ms": None, "batch_size": None},
+        "credits": {"charged": charged / billing.MICRO, "royalty": royalty / billing.MICRO, "charged_micro": charged},
+        "created_at": created_at.isoformat(),
+        "started_at": started_at.isoformat() if started_at else None,
+        "completed_at": completed_at.isoformat() if completed_at else None,
+        "urls": {
+            "get": f"{base_url}/api/v1/predictions/{pid}",
+            "cancel": f"{base_url}/api/v1/predictions/{pid}/cancel",
+        },
+    }
+
+
 def prediction_data(prediction: Prediction, *, base_url: str = "") -> dict[str, Any]:
     version = prediction.version
     model = version.model
-    return {
-        "id": prediction.id,
-        "model": f"{model.owner.username}/{model.name}",
-        "version": version.number,
-        "status": prediction.status,
-        "output": prediction.output,
-        "error": prediction.error,
-        "metrics": prediction.metrics or {"queue_ms": None, "compute_ms": None, "total_ms": None, "batch_size": None},
-        "credits": {
-            "charged": prediction.charged / billing.MICRO,
-            "royalty": prediction.royalty / billing.MICRO,
-            "charged_micro": prediction.charged,
-        },
-        "created_at": prediction.created_at.isoformat(),
-        "started_at": prediction.started_at.isoformat() if prediction.started_at else None,
-        "completed_at": prediction.completed_at.isoformat() if prediction.completed_at else None,
-        "urls": {
-            "get": f"{base_url}/api/v1/predictions/{prediction.id}",
-            "cancel": f"{base_url}/api/v1/predictions/{prediction.id}/cancel",
-        },
-    }
+    return prediction_json(
+        pid=prediction.id, model=f"{model.owner.username}/{model.name}", version=version.number,
+        status=prediction.status, output=prediction.output, error=prediction.error, metrics=prediction.metrics,
+        charged=prediction.charged, royalty=prediction.royalty, created_at=prediction.created_at,
+        started_at=prediction.started_at, completed_at=prediction.completed_at, base_url=base_url,
+    )
 
 
 def call_deadline_s(requested_ms: str | float | None = None) -> float:

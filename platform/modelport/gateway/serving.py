@@ -420,12 +420,8 @@ class ServingLoop:
         if not native:
             self._reply(header, {"ok": True, "charged": charged, "metrics": metrics_data}, call.outputs)
             return
-        pid = header["id"]
-        self._reply(header, {"ok": True, "prediction": {
-            "id": pid, "model": header["model"], "version": header["version_number"], "status": "succeeded",
-            "output": output, "error": None, "metrics": metrics_data,
-            "credits": {"charged": charged / 1_000_000, "royalty": 0.0, "charged_micro": charged},
-            "created_at": datetime.fromtimestamp(header["created"], UTC).isoformat(),
-            "started_at": started_at.isoformat(), "completed_at": completed_at.isoformat(),
-            "urls": {"get": f"/api/v1/predictions/{pid}", "cancel": f"/api/v1/predictions/{pid}/cancel"},
-        }})
+        self._reply(header, {"ok": True, "prediction": services.prediction_json(
+            pid=header["id"], model=header["model"], version=header["version_number"], status="succeeded",
+            output=output, error=None, metrics=metrics_data, charged=charged, royalty=0,
+            created_at=datetime.fromtimestamp(header["created"], UTC), started_at=started_at,
+            completed_at=completed_at)})
