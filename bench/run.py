@@ -113,7 +113,8 @@ class Platform:
         full = {**self.env, **env}
         web = stk.start("bench-web", [sys.executable, "-m", "uvicorn", "modelport.config.asgi:application",
                                       "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
-                                      "--log-level", "warning"], full)
+                                      "--log-level", "warning", "--workers", os.environ.get("BENCH_WEB_WORKERS", "1")],
+                        full)
         serve = stk.start("bench-serve", stk.celery_argv("bench-serve", [f"{self.prefix}.control"], serve=True), full)
         convert = stk.start("bench-convert", stk.celery_argv("bench-convert", [f"{self.prefix}.convert"]), full)
         self.procs = [web, serve, convert]

@@ -1,7 +1,7 @@
 """Single-statement PostgreSQL versions of the two writes on every call's path.
 
-Admission (create the prediction + hold its price + the hold's ledger entry) and settlement
-(terminal status + return the unused hold + the settle ledger entry) are each one statement of
+Admission (create the prediction + hold its price + the hold's ledger entry) and settlement of a
+whole batch (terminal status + return the unused holds + the settle ledger entries) are each one statement of
 data-modifying CTEs: one round trip, atomic (a statement is its own transaction), with exactly
 the rows and conditions of the ORM versions in services.py, which remain the reference and the
 path for SQLite and for the rarer cases (webhooks, royalties, daily caps). Measured reason: on
@@ -44,28 +44,6 @@ SELECT (SELECT count(*) FROM pred), (SELECT count(*) FROM led),
 
 ADMIT_WITHOUT_HOLD = f"INSERT INTO gateway_prediction ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 
-SETTLE = f"""
-WITH p AS (
-    UPDATE gateway_prediction
-    SET status = '{Prediction.Status.SUCCEEDED}', output = %s, hardware = %s, worker = %s, started_at = %s,
-        completed_at = %s, charged = LEAST(%s, hold_amount), royalty = 0, metrics = %s
-    WHERE id = %s AND status IN ('{Prediction.Status.STARTING}', '{Prediction.Status.PROCESSING}')
-    RETURNING id, account_id, hold_amount, charged
-), acc AS (
-    UPDATE billing_creditaccount SET balance = balance + (p.hold_amount - p.charged), updated_at = now()
-    FROM p WHERE billing_creditaccount.id = p.account_id AND p.hold_amount > 0
-    RETURNING billing_creditaccount.id
-), led AS (
-    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
-    SELECT p.account_id, '{LedgerEntry.Kind.SETTLE}', p.hold_amount - p.charged, p.id,
-           'charged ' || p.charged || ' µc', NULL, now()
-    FROM p WHERE p.hold_amount > 0
-    RETURNING id
-)
-SELECT p.charged, p.hold_amount FROM p
-"""
-
-
 def available() -> bool:
     return connection.vendor == "postgresql"
 
@@ -90,20 +68,6 @@ def admit(*, prediction: Prediction, hold: int) -> tuple[bool, int]:
         cursor.execute(ADMIT_WITH_HOLD, params)
         created, ledgered, balance = cursor.fetchone()
     return bool(created and ledgered), int(balance or 0)
-
-
-def settle(*, prediction_id: str, output: Any, hardware: str, worker: str, started_at: Any, completed_at: Any,
-           price: int, metrics: dict[str, Any]) -> tuple[int, int] | None:
-    """Succeed a non-terminal prediction at `price` (capped by its hold). Returns (charged, hold)
-    or None when it was already terminal (nothing changed)."""
-    json_field = Prediction._meta.get_field("output")
-    with connection.cursor() as cursor:
-        cursor.execute(SETTLE, [
-            json_field.get_db_prep_save(output, connection), hardware, worker, started_at, completed_at, price,
-            json_field.get_db_prep_save(metrics, connection), prediction_id,
-        ])
-        row = cursor.fetchone()
-    return (int(row[0]), int(row[1])) if row else None
 
 
 RESOLVE = """
@@ -134,3 +98,46 @@ def resolve_call(*, key_hash: str, owner: str, name: str, number: int | None) ->
     with connection.cursor() as cursor:
         cursor.execute(RESOLVE, {"hash": key_hash, "owner": owner, "name": name, "number": number})
         return cursor.fetchone()
+
+
+SETTLE_MANY = f"""
+WITH v AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+        AS v(id, output, price, metrics, started_at, completed_at)
+), p AS (
+    UPDATE gateway_prediction g
+    SET status = '{Prediction.Status.SUCCEEDED}', output = v.output::jsonb, hardware = %s, worker = %s,
+        started_at = v.started_at, completed_at = v.completed_at, charged = LEAST(v.price, g.hold_amount),
+        royalty = 0, metrics = v.metrics::jsonb
+    FROM v
+    WHERE g.id = v.id AND g.status IN ('{Prediction.Status.STARTING}', '{Prediction.Status.PROCESSING}')
+    RETURNING g.id, g.account_id, g.hold_amount, g.charged
+), acc AS (
+    UPDATE billing_creditaccount a SET balance = a.balance + s.refund, updated_at = now()
+    FROM (SELECT account_id, sum(hold_amount - charged) AS refund FROM p WHERE hold_amount > 0
+          GROUP BY account_id) s
+    WHERE a.id = s.account_id
+    RETURNING a.id
+), led AS (
+    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
+    SELECT p.account_id, '{LedgerEntry.Kind.SETTLE}', p.hold_amount - p.charged, p.id,
+           'charged ' || p.charged || ' µc', NULL, now()
+    FROM p WHERE p.hold_amount > 0
+    RETURNING id
+)
+SELECT p.id, p.charged FROM p
+"""
+
+
+def settle_many(*, rows: list[dict[str, Any]], hardware: str, worker: str) -> dict[str, int]:
+    """`settle` for a whole batch in one statement. rows: id, output (JSON-able or None), price,
+    metrics, started_at, completed_at. Returns {prediction id: charged} for the rows it settled
+    (a row already terminal is left unchanged and absent from the result)."""
+    import json
+
+    columns = ([r["id"] for r in rows], [None if r["output"] is None else json.dumps(r["output"]) for r in rows],
+               [r["price"] for r in rows], [json.dumps(r["metrics"]) for r in rows],
+               [r["started_at"] for r in rows], [r["completed_at"] for r in rows])
+    with connection.cursor() as cursor:
+        cursor.execute(SETTLE_MANY, [*columns, hardware, worker])
+        return {pid: int(charged) for pid, charged in cursor.fetchall()}

@@ -352,6 +352,7 @@ class ServingLoop:
                                compute_us=compute_us,
                                request_us=int(sum(time.time() - c.header["enqueued"] for c in batch) * 1e6))
         offset = 0
+        fast: list[tuple[Call, int]] = []
         for call in batch:
             if len(batch) == 1:
                 call.outputs = outputs
@@ -359,7 +360,14 @@ class ServingLoop:
                 call.outputs = [(n, a[offset:offset + call.rows]) for n, a in outputs]
             offset += call.rows
             share = compute_us * call.rows // total_rows if total_rows else compute_us
-            self._finish(call, compute_us=compute_us, share_us=share, batch_size=len(batch), started=started)
+            quote = call.header.get("quote") or {}
+            if fastsql.available() and "created" in call.header and not quote.get("royalty") \
+                    and not call.header.get("webhook"):
+                fast.append((call, share))
+            else:
+                self._finish(call, compute_us=compute_us, share_us=share, batch_size=len(batch), started=started)
+        if fast:
+            self._finish_fast(fast, compute_us=compute_us, batch_size=len(batch), started=started)
 
     def _finish(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float) -> None:
         with request_id_bound(call.header.get("request_id")):
@@ -368,11 +376,6 @@ class ServingLoop:
     def _finish_call(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float) -> None:
         header = call.header
         native = header.get("protocol") == "native"
-        quote = header.get("quote") or {}
-        if fastsql.available() and "created" in header and not quote.get("royalty") and not header.get("webhook"):
-            self._finish_fast(call, compute_us=compute_us, share_us=share_us, batch_size=batch_size,
-                              started=started, native=native)
-            return
         prediction = services.prediction_succeed(
             prediction_id=header["id"], output=services.outputs_to_json(call.outputs) if native else None,
             compute_us=compute_us, compute_share_us=share_us, queue_ms=(started - header["enqueued"]) * 1000.0,
@@ -392,36 +395,49 @@ class ServingLoop:
             self._reply(header, {"ok": True, "charged": prediction.charged, "metrics": prediction.metrics},
                         call.outputs)
 
-    def _finish_fast(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float,
-                     native: bool) -> None:
-        """Settle in one statement (gateway/fastsql.py) and render the reply from what the frame
-        carries — no ORM round trips. Same outcome as services.prediction_succeed."""
-        header = call.header
-        q = header["quote"]
-        price = services.billing.Quote(hardware=self.cache.hardware, base=q["base"], per_second=q["per_second"],
-                                       royalty=0).price(share_us)
+    def _finish_fast(self, calls: list[tuple[Call, int]], *, compute_us: int, batch_size: int,
+                     started: float) -> None:
+        """Settle the batch's calls in one statement (gateway/fastsql.py) and send every reply in
+        one Redis pipeline, rendering from what the frames carry — no ORM round trips. Same
+        outcome per call as services.prediction_succeed."""
         now = time.time()
-        metrics_data = {"queue_ms": round((started - header["enqueued"]) * 1000.0, 3),
-                        "compute_ms": round(compute_us / 1000.0, 3),
-                        "total_ms": round((now - header["created"]) * 1000.0, 3), "batch_size": batch_size}
-        output = services.outputs_to_json(call.outputs) if native else None
         started_at = datetime.fromtimestamp(started, UTC)
         completed_at = datetime.fromtimestamp(now, UTC)
-        settled = fastsql.settle(prediction_id=header["id"], output=output, hardware=self.cache.hardware,
-                                 worker=self.worker_id, started_at=started_at, completed_at=completed_at,
-                                 price=price, metrics=metrics_data)
-        self.served += 1
-        log.info("call %s served: batch %d, compute %d us", header["id"], batch_size, compute_us)
-        if settled is None:
-            self._reply(header, {"ok": False, "status": 503, "code": "deadline",
-                                 "message": "the call ended before its result arrived"})
-            return
-        charged, _ = settled
-        if not native:
-            self._reply(header, {"ok": True, "charged": charged, "metrics": metrics_data}, call.outputs)
-            return
-        self._reply(header, {"ok": True, "prediction": services.prediction_json(
-            pid=header["id"], model=header["model"], version=header["version_number"], status="succeeded",
-            output=output, error=None, metrics=metrics_data, charged=charged, royalty=0,
-            created_at=datetime.fromtimestamp(header["created"], UTC), started_at=started_at,
-            completed_at=completed_at)})
+        rows = []
+        for call, share_us in calls:
+            header = call.header
+            q = header["quote"]
+            price = services.billing.Quote(hardware=self.cache.hardware, base=q["base"], per_second=q["per_second"],
+                                           royalty=0).price(share_us)
+            native = header.get("protocol") == "native"
+            rows.append({
+                "id": header["id"], "price": price, "started_at": started_at, "completed_at": completed_at,
+                "output": services.outputs_to_json(call.outputs) if native else None,
+                "metrics": {"queue_ms": round((started - header["enqueued"]) * 1000.0, 3),
+                            "compute_ms": round(compute_us / 1000.0, 3),
+                            "total_ms": round((now - header["created"]) * 1000.0, 3), "batch_size": batch_size},
+            })
+        charged_by_id = fastsql.settle_many(rows=rows, hardware=self.cache.hardware, worker=self.worker_id)
+        self.served += len(calls)
+        pipe = self.redis.pipeline(transaction=False)
+        for (call, _), row in zip(calls, rows, strict=True):
+            header = call.header
+            with request_id_bound(header.get("request_id")):
+                log.info("call %s served: batch %d, compute %d us", header["id"], batch_size, compute_us)
+            charged = charged_by_id.get(header["id"])
+            if charged is None:  # the web tier (deadline) or a cancel got there first: no charge
+                payload: dict[str, Any] = {"ok": False, "status": 503, "code": "deadline",
+                                           "message": "the call ended before its result arrived"}
+                tensors = None
+            elif header.get("protocol") == "native":
+                payload = {"ok": True, "prediction": services.prediction_json(
+                    pid=header["id"], model=header["model"], version=header["version_number"], status="succeeded",
+                    output=row["output"], error=None, metrics=row["metrics"], charged=charged, royalty=0,
+                    created_at=datetime.fromtimestamp(header["created"], UTC), started_at=started_at,
+                    completed_at=completed_at)}
+                tensors = None
+            else:
+                payload, tensors = {"ok": True, "charged": charged, "metrics": row["metrics"]}, call.outputs
+            pipe.rpush(header["reply"], wire.pack(payload, tensors))
+            pipe.expire(header["reply"], dispatch.REPLY_TTL_S)
+        pipe.execute()
