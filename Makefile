@@ -34,7 +34,6 @@ services:
 
 lint: install-dev
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
 
 bench: install-dev services
 	$(PY) bench/run.py
