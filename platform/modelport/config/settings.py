@@ -202,6 +202,8 @@ MODELPORT_BENCH_DISABLE_METERING = env_bool("MODELPORT_BENCH_DISABLE_METERING", 
 if MODELPORT_BENCH_DISABLE_METERING and not DEVELOPMENT:
     raise ImproperlyConfigured("MODELPORT_BENCH_DISABLE_METERING is a benchmark setting, refused in production")
 MODELPORT_HOST_MEMORY_BUDGET_MB = env_int("MODELPORT_HOST_MEMORY_BUDGET_MB", 4096, minimum=1)
+# Threads per web process for the blocking part of a call (one database connection each).
+MODELPORT_WEB_THREADS = env_int("MODELPORT_WEB_THREADS", 32, minimum=1)
 MODELPORT_SESSION_THREADS = env_int("MODELPORT_SESSION_THREADS", 1, minimum=0)
 
 # --- Operations (modelport.ops) -------------------------------------------------------------------

@@ -11,10 +11,12 @@ metrics, JSON errors — is done here too.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
@@ -41,6 +43,16 @@ class FastLane:
     def __init__(self, django_app: ASGIHandler) -> None:
         self.django_app = django_app
         self._views: set[Any] | None = None
+        self._executor_set = False
+
+    def _ensure_executor(self) -> None:
+        """The admission step of a call is blocking database and Redis I/O run in the loop's
+        default executor (sync_to_async(thread_sensitive=False)); asyncio's default of
+        cpu_count + 4 threads caps concurrent admissions at 6 on this machine, so size it."""
+        if not self._executor_set:
+            asyncio.get_running_loop().set_default_executor(
+                ThreadPoolExecutor(max_workers=settings.MODELPORT_WEB_THREADS, thread_name_prefix="mp-admit"))
+            self._executor_set = True
 
     def route(self, scope: dict[str, Any]) -> Any | None:
         """The view for this scope if it may take the fast lane, else None."""
@@ -60,6 +72,7 @@ class FastLane:
         return match if match.func in self._views else None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        self._ensure_executor()
         match = self.route(scope)
         if match is None:
             await self.django_app(scope, receive, send)
