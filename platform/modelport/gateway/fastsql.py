@@ -38,8 +38,7 @@ WITH acc AS (
     SELECT %s, '{LedgerEntry.Kind.HOLD}', %s, pred.id, '', NULL, now() FROM pred
     RETURNING id
 )
-SELECT (SELECT count(*) FROM pred), (SELECT count(*) FROM led),
-       (SELECT balance FROM billing_creditaccount WHERE id = %s)
+SELECT count(*) FROM led
 """
 
 ADMIT_WITHOUT_HOLD = f"INSERT INTO gateway_prediction ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
@@ -63,11 +62,15 @@ def admit(*, prediction: Prediction, hold: int) -> tuple[bool, int]:
         if hold <= 0:
             cursor.execute(ADMIT_WITHOUT_HOLD, _row(prediction))
             return True, 0
-        params = [hold, prediction.account_id, hold, *_row(prediction), prediction.account_id, -hold,
-                  prediction.account_id]
+        params = [hold, prediction.account_id, hold, *_row(prediction), prediction.account_id, -hold]
         cursor.execute(ADMIT_WITH_HOLD, params)
-        created, ledgered, balance = cursor.fetchone()
-    return bool(created and ledgered), int(balance or 0)
+        (held,) = cursor.fetchone()
+        if held:
+            return True, 0
+        # Refused: read the balance only now, for the 402 message.
+        cursor.execute("SELECT balance FROM billing_creditaccount WHERE id = %s", [prediction.account_id])
+        row = cursor.fetchone()
+    return False, int(row[0]) if row else 0
 
 
 RESOLVE = """
