@@ -130,7 +130,6 @@ async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: st
         "reply": dispatch.reply_key(prediction.id), "enqueued": time.time(),
         "deadline": prediction.deadline_at.timestamp(), "request_id": prediction.request_id,
         "model": model_label, "version_number": version_number, "created": prediction.created_at.timestamp(),
-        "hold": prediction.hold_amount,
         "quote": prediction.quote, "webhook": bool(prediction.webhook),
     }
     await client.rpush(_router.queue_for(version_id), wire.pack(header, tensors))

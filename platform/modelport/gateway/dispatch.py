@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 from typing import Any
 
+import redis
 from django.conf import settings
 
 REPLY_TTL_S = 300
+
+
+@lru_cache(maxsize=1)
+def sync_redis() -> redis.Redis:
+    """The web process's blocking Redis client (queue depths, readiness), one pool per process."""
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
 def key(*parts: str) -> str:

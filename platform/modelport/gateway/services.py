@@ -326,21 +326,15 @@ def call_deadline_s(requested_ms: str | float | None = None) -> float:
     return min(value, ceiling)
 
 
-_sync_redis: Any = None
-
-
 def queue_admit(*, version: ModelVersion) -> None:
     """Refuse (429) a call when its version's list already holds `max_queue` calls. Checked
     before anything is held, so a refused call leaves no trace."""
-    global _sync_redis
     import redis
 
     from modelport.gateway import dispatch
 
-    if _sync_redis is None:
-        _sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
     try:
-        depth = _sync_redis.llen(dispatch.version_queue(version.pk))
+        depth = dispatch.sync_redis().llen(dispatch.version_queue(version.pk))
     except redis.RedisError as exc:
         raise Problem(503, f"the serving queue is unavailable: {exc}") from None
     if depth >= version.max_queue:

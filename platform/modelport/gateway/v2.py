@@ -20,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem
-from modelport.gateway import api, services, v2codec
+from modelport.gateway import api, dispatch, services, v2codec
 from modelport.gateway.models import Prediction
 from modelport.gateway.tensors import check_array
 from modelport.registry import selectors as registry
@@ -49,7 +49,7 @@ def server_ready() -> bool:
         close_old_connections()
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
+        dispatch.sync_redis().ping()
     except (redis.RedisError, DatabaseError, OSError):
         return False
     return True
