@@ -219,3 +219,62 @@ def test_placement_on_two_workers_and_sigkill_mid_load(user_api, fleet, tmp_path
     assert all(p.charged == 0 for p in rows.filter(status="failed"))
     assert api.balance_micro() == before - sum(p.charged for p in succeeded)
     assert drift("placer") == 0
+
+
+def _settle_without_reply(fleet, vid: int, timeout: float = 10.0) -> str:
+    """Play a worker killed between settling a call and replying: pop the call's frame from the
+    cold queue (no worker runs on this data plane), settle it, never reply."""
+    from datetime import UTC, datetime
+
+    from modelport.gateway.services import prediction_succeed
+
+    from workers import wire
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = fleet.redis.blpop([f"{fleet.prefix}:q:cold", f"{fleet.prefix}:q:v{vid}"], timeout=1)
+        if item is not None:
+            header, _ = wire.unpack(item[1])
+            output = {"y": [[0.5] * 10]} if header["protocol"] == "native" else None
+            done = prediction_succeed(prediction_id=header["id"], output=output, compute_us=2000, queue_ms=1.0,
+                                      batch_size=1, hardware="cpu", worker="killed", started_at=datetime.now(UTC))
+            assert done is not None and done.charged > 0
+            return header["id"]
+    raise AssertionError("no call was queued")
+
+
+def test_settled_call_whose_reply_was_lost(user_api, fleet, tmp_path):
+    """Native: the result is in the database, so the caller gets it (200, charged once).
+    V2: outputs are not stored, so the charge is refunded and the caller gets 503."""
+    from modelport.gateway.models import Prediction
+
+    api = user_api("lostreply")
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    key = api.http.headers["Authorization"]
+    before = api.balance_micro()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(call, fleet.base_url, key, "lostreply/mlp", {"x": [[0.1] * 784]},
+                             **{"Modelport-Deadline-Ms": "1500"})
+        pid = _settle_without_reply(fleet, vid)
+        resp = future.result()
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == pid and resp.json()["output"] == {"y": [[0.5] * 10]}
+    charged = Prediction.objects.get(pk=pid).charged
+    assert resp.json()["credits"]["charged_micro"] == charged > 0
+    assert api.balance_micro() == before - charged
+
+    before = api.balance_micro()
+    # V2 carries its deadline in the request's `timeout` parameter (microseconds).
+    body = {"inputs": [{"name": "x", "shape": [1, 784], "datatype": "FP32", "data": [0.1] * 784}],
+            "parameters": {"timeout": 1_500_000}}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(httpx.post, f"{fleet.base_url}/v2/models/lostreply/mlp/infer", json=body,
+                             headers={"Authorization": key}, timeout=60)
+        pid = _settle_without_reply(fleet, vid)
+        resp = future.result()
+    prediction = Prediction.objects.get(pk=pid)
+    assert resp.status_code == 503, resp.text
+    assert "nothing was charged" in resp.text
+    assert prediction.status == "failed" and prediction.error["code"] == "undelivered" and prediction.charged == 0
+    assert api.balance_micro() == before
+    assert drift("lostreply") == 0

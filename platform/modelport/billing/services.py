@@ -133,6 +133,17 @@ def credits_release(*, prediction: Prediction, memo: str = "") -> None:
            prediction=prediction, memo=memo)
 
 
+def credits_refund(*, prediction: Prediction, amount: int, royalty: int, owner_account_id: int | None) -> None:
+    """Give back what a settled call was charged (its result never reached the caller) and take
+    back the owner's royalty when their balance still covers it (otherwise the platform bears
+    it). Same transaction rule as `credits_settle`."""
+    _apply(account_id=prediction.account_id, amount=amount, kind=LedgerEntry.Kind.REFUND, prediction=prediction,
+           memo="result undelivered")
+    if royalty and owner_account_id is not None:
+        _apply(account_id=owner_account_id, amount=-royalty, kind=LedgerEntry.Kind.ROYALTY, prediction=prediction,
+               memo="royalty returned: result undelivered")
+
+
 def credits_grant(*, user: AbstractBaseUser, credits_micro: int, kind: str = LedgerEntry.Kind.GRANT, memo: str,
                   created_by: AbstractBaseUser | None = None) -> bool:
     account = account_for(user=user)

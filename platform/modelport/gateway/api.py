@@ -151,6 +151,10 @@ async def await_reply(prediction: Prediction, wait_s: float) -> tuple[dict[str, 
             item = await client.blpop([dispatch.reply_key(prediction.id)], timeout=1)
             if item is not None:
                 return wire.unpack(item[1])
+            # Settled, but the reply is gone (worker killed between settling and replying).
+            payload = await sync_to_async(services.prediction_unanswered, thread_sensitive=False)(
+                prediction_id=prediction.id, protocol=prediction.protocol)
+            return payload, []
         return {"ok": False, "status": 503, "code": "deadline",
                 "message": "no worker answered before the deadline"}, []
     return None

@@ -252,6 +252,38 @@ def prediction_fail(*, prediction_id: str, code: str, message: str,
     return prediction
 
 
+def prediction_unanswered(*, prediction_id: str, protocol: str) -> dict[str, Any]:
+    """The outcome of a call whose deadline passed after it became terminal but whose reply
+    never reached the web tier (its worker was killed between settling and replying, or Redis
+    lost the reply). The database is the record, so:
+
+    - native calls keep their output in the row: the caller gets it (200, as charged);
+    - V2 calls do not store outputs: the charge is refunded and the call becomes failed
+      ("undelivered"), so nobody pays for a result they never received.
+
+    Returns a reply payload shaped like the serving worker's."""
+    with transaction.atomic():
+        prediction = (Prediction.objects.select_for_update(of=("self",)).select_related("version__model__owner")
+                      .get(pk=prediction_id))
+        if prediction.status == Prediction.Status.SUCCEEDED and protocol == "native":
+            return {"ok": True, "prediction": prediction_data(prediction)}
+        if prediction.status == Prediction.Status.SUCCEEDED:
+            charged, royalty = prediction.charged, prediction.royalty
+            prediction.status = Prediction.Status.FAILED
+            prediction.error = {"code": "undelivered", "message": "the result was lost before it reached the caller"}
+            prediction.charged = 0
+            prediction.royalty = 0
+            prediction.save(update_fields=["status", "error", "charged", "royalty"])
+            if charged:
+                billing.credits_refund(prediction=prediction, amount=charged, royalty=royalty,
+                                       owner_account_id=_owner_account_id(prediction) if royalty else None)
+            return {"ok": False, "status": 503, "code": "undelivered",
+                    "message": "the result was lost before it reached the caller; nothing was charged"}
+    error = prediction.error or {}
+    return {"ok": False, "status": 503, "code": error.get("code", "deadline"),
+            "message": error.get("message", "no worker answered before the deadline")}
+
+
 def outputs_expire() -> int:
     """Clear outputs past MODELPORT_OUTPUT_RETENTION_H (records, charges and metrics stay)."""
     cutoff = timezone.now() - timedelta(hours=settings.MODELPORT_OUTPUT_RETENTION_H)
