@@ -9,7 +9,10 @@ Runs, on this machine and loopback only:
    onnxruntime, settlement) with the same model, at concurrency 1 and 32;
 4. the same with metering switched off (bench-only setting) — metering's share (on/off runs
    alternate twice; each figure is the mean of two runs);
-5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1.
+5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1, beside the same
+   CNN in-process at batch 16 vs 1 (what onnxruntime itself gains from batching here);
+6. where the CPU goes during the platform's c=32 runs (web, PostgreSQL, serving worker,
+   Redis, wrk), from /proc.
 Load comes from wrk (Debian package) with bounded duration. Everything started is stopped by
 process group. Needs PostgreSQL and Redis on 127.0.0.1 (make services).
 """
@@ -77,6 +80,51 @@ def inprocess(model: Path, x: np.ndarray, n: int = 5000) -> float:
         session.run(None, {"x": x})
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
+
+
+def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> float:
+    """In-process per-sample time at batch 1 over that at `batch` (1 session thread): the most
+    dynamic batching can gain from onnxruntime itself on this CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    per_sample = {}
+    for size in (1, batch):
+        x = rng.standard_normal((size, 3, 32, 32)).astype(np.float32)
+        for _ in range(20):
+            session.run(None, {"x": x})
+        runs = max(n // size, 20)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, {"x": x})
+        per_sample[size] = (time.perf_counter() - t0) / (runs * size)
+    return per_sample[1] / per_sample[batch]
+
+
+def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
+    """CPU seconds used so far by each process group in `groups` (by pgid), PostgreSQL's and
+    Redis's server processes, and wrk; read from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        label = groups.get(int(fields[2]))
+        if label is None:
+            label = "postgres" if comm.startswith("postgres") else "redis" if comm.startswith("redis") else \
+                "wrk" if comm == "wrk" else None
+        if label is not None:
+            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def cnn_onnx(path: Path) -> Path:
@@ -188,11 +236,18 @@ def main() -> int:
                     client.post("/api/v1/models/bench/mlp/predictions", json=body, headers={"Prefer": "wait"})
                 runs.setdefault(f"{label} c=1", []).append(
                     wrk(predict, body, connections=1, duration=d, headers=headers))
-                runs.setdefault(f"{label} c=32", []).append(
-                    wrk(predict, body, connections=32, duration=d, headers=headers))
+                groups = {proc.popen.pid: name for proc, name in zip(platform.procs, ("web", "serve", "convert"),
+                                                                       strict=True)}
+                before, started = cpu_by_group(groups), time.monotonic()
+                result = wrk(predict, body, connections=32, duration=d, headers=headers)
+                after, elapsed = cpu_by_group(groups), time.monotonic() - started
+                for name in ("web", "postgres", "serve", "redis", "wrk"):
+                    result[f"cpu_{name}"] = (after.get(name, 0.0) - before.get(name, 0.0)) / elapsed
+                runs.setdefault(f"{label} c=32", []).append(result)
                 platform.stop()
             for label, pair in runs.items():
                 results[label] = {k: sum(r[k] for r in pair) / len(pair) for k in pair[0]}
+            results["CNN in-process batch 16 vs 1"] = {"gain": inprocess_batch_gain(cnn)}
             platform.start()
             image = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
             cnn_body = {"input": {"x": image.tolist()}}
@@ -212,6 +267,8 @@ def main() -> int:
 
     print(f"\n{'path':32} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9} {'non-2xx':>8}")
     for label, r in results.items():
+        if "gain" in r:
+            continue
         print(f"{label:32} {r.get('p50_ms', float('nan')):9.3f} {r.get('p99_ms', float('nan')):9.3f} "
               f"{r.get('rps', float('nan')):9.0f} {int(r.get('non2xx', 0)):8d}")
     p, off, direct_1 = results["platform c=1"], results["platform, metering off c=1"], results["direct HTTP c=1"]
@@ -224,6 +281,13 @@ def main() -> int:
     print(f"  metering share of throughput (c=32)           {1 - p32['rps'] / off32['rps']:+.1%}   (goal <= 10%)")
     print(f"  CNN batched / unbatched req/s (c=32)          "
           f"{results['CNN batched c=32']['rps'] / results['CNN unbatched c=32']['rps']:.2f}   (goal >= 1.2)")
+    print(f"  CNN in-process per-sample, batch 1 / batch 16 "
+          f"{results['CNN in-process batch 16 vs 1']['gain']:.2f}   (the most batching can gain in onnxruntime here)")
+    print("\nCPU in use during platform c=32 (cores; this machine has "
+          f"{os.cpu_count()}) and per call (ms):")
+    for name in ("web", "postgres", "serve", "redis", "wrk"):
+        cores = p32[f"cpu_{name}"]
+        print(f"  {name:10} {cores:5.2f} cores  {cores * 1000 / p32['rps']:6.2f} ms/call")
     print("  BentoML peer: not installed here (optional); FINDINGS measured it at p50 1.6-1.8 ms, 430-510 req/s.")
     return 0
 

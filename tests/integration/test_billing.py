@@ -118,10 +118,12 @@ def test_usage_json_csv_and_filters(user_api, tmp_path):
 
 def test_daily_cap_per_key(user_api, live, tmp_path):
     from modelport.accounts.models import ApiKey
+    from modelport.gateway import authcache
 
     api = user_api("capped")
     _ready(api, "m", tmp_path)
     ApiKey.objects.filter(user__username="capped").update(daily_cap=3 * MICRO)  # covers 2 holds of 1.1
+    authcache.invalidate()  # a queryset update sends no signal: tell the web processes
     x = {"input": {"x": [[1.0] * 16]}}
     headers = {"Prefer": "wait", "Modelport-Deadline-Ms": "1000"}
     codes = [api.post("/api/v1/models/capped/m/predictions", json=x, headers=headers).status_code for _ in range(3)]

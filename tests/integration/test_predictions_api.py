@@ -86,8 +86,10 @@ def test_cancel_before_start_releases_the_hold(api, fleet):
 
 def test_rate_limit_per_key_is_429(api):
     from modelport.accounts.models import ApiKey
+    from modelport.gateway import authcache
 
     ApiKey.objects.filter(user__username="predictor").update(rate_limit="3/minute")
+    authcache.invalidate()  # a queryset update sends no signal: tell the web processes
     codes = [api.post("/api/v1/models/predictor/tiny/predictions", json={"input": X},
                       headers={"Prefer": "wait"}).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
@@ -232,3 +234,58 @@ def test_oversize_body_is_413_and_nan_is_400(api, live, settings):
     assert resp.status_code == 400 and "overflow" in resp.json()["detail"]
     assert api.balance_micro() == before
     assert api.get("/api/v1/predictions").json()["results"] == []
+
+
+def test_resolution_cache_follows_revocation_disabling_and_visibility(user_api, live, tmp_path):
+    """The web process caches call resolutions (gateway/authcache.py); every change through the
+    platform applies to the very next call, and a change behind its back within the TTL."""
+    from django.utils import timezone
+    from modelport.accounts.models import ApiKey
+    from modelport.accounts.services import api_key_issue, api_key_revoke
+    from modelport.gateway import authcache
+    from modelport.ops.services import version_set_disabled
+    from modelport.registry.models import Model, ModelVersion
+
+    from tests.conftest import Api, make_user
+
+    owner = user_api("cacheowner")
+    assert owner.post("/api/v1/models", json={"name": "m"}).status_code == 201
+    resp = owner.upload("cacheowner", "m", fmt="onnx", artifact=mlp_onnx(tmp_path / "m.onnx", sizes=(16, 8, 4)))
+    assert owner.wait_version("cacheowner", "m", resp.json()["version"])["status"] == "ready"
+    url = "/api/v1/models/cacheowner/m/predictions"
+
+    def status(api: Api) -> int:
+        return api.post(url, json={"input": X}, headers={"Prefer": "wait"}).status_code
+
+    staff, _ = make_user("cachestaff")
+    staff.is_staff = True
+    staff.save()
+    for _ in range(3):
+        assert status(owner) == 200  # resolved once, then from the cache
+    version = ModelVersion.objects.get(model__name="m", model__owner__username="cacheowner")
+    assert version_set_disabled(version=version, disabled=True, actor=staff)
+    assert status(owner) == 503
+    assert version_set_disabled(version=version, disabled=False, actor=staff)
+    assert status(owner) == 200
+
+    _, other_key = make_user("cacheother")
+    other = Api(live.base_url, other_key)
+    model = Model.objects.get(name="m", owner__username="cacheowner")
+    model.visibility = Model.Visibility.PUBLIC
+    model.save()
+    assert status(other) == 200
+    model.visibility = Model.Visibility.PRIVATE
+    model.save()
+    assert status(other) == 404
+
+    second = Api(live.base_url, api_key_issue(user=model.owner, name="second").secret)
+    assert status(second) == 200
+    api_key_revoke(api_key=ApiKey.objects.get(user=model.owner, name="second"))
+    assert status(second) == 401
+
+    # Behind the platform's back (no signal, no invalidation): stale at most TTL_S.
+    third = Api(live.base_url, api_key_issue(user=model.owner, name="third").secret)
+    assert status(third) == 200
+    ApiKey.objects.filter(user=model.owner, name="third").update(revoked_at=timezone.now())
+    time.sleep(authcache.TTL_S + 0.5)
+    assert status(third) == 401

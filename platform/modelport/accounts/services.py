@@ -52,7 +52,10 @@ def api_key_issue(*, user: AbstractBaseUser, name: str = "") -> IssuedKey:
 
 
 def api_key_revoke(*, api_key: ApiKey) -> None:
+    from modelport.gateway import authcache
+
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    authcache.invalidate_on_commit()
 
 
 def api_key_authenticate(*, raw: str) -> ApiKey | None:

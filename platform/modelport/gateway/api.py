@@ -3,7 +3,6 @@ worker no thread is held (the wait is an awaited BLPOP on the reply list)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -28,7 +27,7 @@ from modelport.common.problems import Problem, problem_response
 from modelport.gateway import dispatch, fastsql, services, webhooks
 from modelport.gateway.models import Prediction
 from modelport.gateway.ratelimit import rate_limit_hit
-from modelport.gateway.tensors import inputs_from_json, reject_constant
+from modelport.gateway.tensors import inputs_from_json, loads_strict
 from workers import wire
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     if length > settings.MODELPORT_MAX_REQUEST_BYTES:
         raise Problem(413, f"request body exceeds {settings.MODELPORT_MAX_REQUEST_BYTES} bytes")
     try:
-        body = json.loads(request.body or b"{}", parse_constant=reject_constant)
+        body = loads_strict(request.body or b"{}")
     except ValueError as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict) or "input" not in body:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -23,7 +24,7 @@ from modelport.accounts.models import ApiKey
 from modelport.billing import services as billing
 from modelport.billing.models import CreditAccount
 from modelport.common.problems import Problem
-from modelport.gateway import fastsql, webhooks
+from modelport.gateway import authcache, fastsql, webhooks
 from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
@@ -53,9 +54,10 @@ def version_resolve(*, user: Any, owner: str, name: str, number: int | None) -> 
 
 
 def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None) -> tuple[Any, ApiKey, ModelVersion]:
-    """PostgreSQL hot path of `api_key_authenticate` + `version_resolve`: one query, the same
-    outcomes (401 unknown/revoked key, 404 missing or foreign private model or version, 503 not
-    ready/disabled). Builds unsaved model instances from the row (no further queries)."""
+    """PostgreSQL hot path of `api_key_authenticate` + `version_resolve`: one query (or a
+    gateway/authcache.py hit), the same outcomes (401 unknown/revoked key, 404 missing or foreign
+    private model or version, 503 not ready/disabled). Builds unsaved model instances from the
+    row (no further queries)."""
     from django.contrib.auth import get_user_model
 
     from modelport.accounts.services import KEY_PREFIX, LAST_USED_RESOLUTION, hash_key
@@ -67,9 +69,18 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         raise registry.model_not_found(owner.replace("\x00", ""), name.replace("\x00", ""))
     if number is not None and not 0 < number <= MAX_VERSION_NUMBER:
         raise Problem(404, f"model {owner}/{name} has no version {number}")
-    row = fastsql.resolve_call(key_hash=hash_key(raw_key), owner=owner, name=name, number=number)
+    cache_key = (hash_key(raw_key), owner, name, number)
+    try:
+        generation = authcache.current_generation()
+    except redis.RedisError as exc:
+        raise Problem(503, f"the serving queue is unavailable: {exc}") from None
+    row = authcache.lookup(cache_key, generation)
+    cached = row is not None
     if row is None:
-        raise Problem(401, "invalid or revoked API key")
+        fetched = fastsql.resolve_call(key_hash=cache_key[0], owner=owner, name=name, number=number)
+        if fetched is None:
+            raise Problem(401, "invalid or revoked API key")
+        row = list(fetched)
     (key_id, prefix, rate_limit, daily_cap, last_used, user_id, username, is_staff, model_id, owner_id, visibility,
      royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch) = row
     user = get_user_model()(id=user_id, username=username, is_staff=is_staff, is_active=True)
@@ -79,6 +90,7 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
     now = timezone.now()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
+        row[4] = now
     if model_id is None or (owner_id != user_id and visibility != Model.Visibility.PUBLIC):
         raise registry.model_not_found(owner, name)
     if version_id is None:
@@ -89,6 +101,8 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         raise Problem(503, f"version {v_number} of {owner}/{name} is {v_status}, not ready")
     if v_disabled:
         raise Problem(503, f"version {v_number} of {owner}/{name} is disabled")
+    if not cached:
+        authcache.store(cache_key, generation, row)  # only rows that resolve to a callable version
     model = Model(id=model_id, owner_id=owner_id, name=name, visibility=visibility, royalty_per_call=royalty,
                   default_version_id=default_id)
     version = ModelVersion(id=version_id, model_id=model_id, number=v_number, status=v_status, disabled=v_disabled,
@@ -361,8 +375,6 @@ def call_deadline_s(requested_ms: str | float | None = None) -> float:
 def queue_admit(*, version: ModelVersion) -> None:
     """Refuse (429) a call when its version's list already holds `max_queue` calls. Checked
     before anything is held, so a refused call leaves no trace."""
-    import redis
-
     from modelport.gateway import dispatch
 
     try:

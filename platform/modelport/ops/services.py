@@ -26,7 +26,7 @@ from django.utils import timezone
 from modelport.accounts.models import ApiKey
 from modelport.billing.models import LedgerEntry
 from modelport.billing.services import credits_grant, format_credits
-from modelport.gateway import dispatch
+from modelport.gateway import authcache, dispatch
 from modelport.gateway.models import WebhookDelivery
 from modelport.ops.models import AuditEntry
 from modelport.registry.models import ModelVersion
@@ -108,6 +108,7 @@ def api_key_revoke_by_operator(*, api_key: ApiKey, actor: AbstractBaseUser) -> b
     with transaction.atomic():
         revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         if revoked:
+            authcache.invalidate_on_commit()
             audit_record(actor=actor, action="api_key.revoke", obj=api_key, message="revoked")
     return bool(revoked)
 
@@ -140,6 +141,7 @@ def version_revalidate(*, version: ModelVersion, actor: AbstractBaseUser) -> boo
             status=ModelVersion.Status.QUEUED, error=None, claimed_at=None, ready_at=None)
         if not moved:
             return False
+        authcache.invalidate_on_commit()
         audit_record(actor=actor, action="version.revalidate", obj=version,
                      details={"from_status": version.status}, message="sent back to validation")
         version_id = version.pk
@@ -172,6 +174,7 @@ def version_set_disabled(*, version: ModelVersion, disabled: bool, actor: Abstra
         changed = ModelVersion.objects.filter(pk=version.pk, disabled=not disabled).update(disabled=disabled)
         if not changed:
             return False
+        authcache.invalidate_on_commit()
         audit_record(actor=actor, action="version.disable" if disabled else "version.enable", obj=version,
                      message="disabled" if disabled else "enabled")
         version_id = version.pk

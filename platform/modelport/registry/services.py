@@ -157,7 +157,12 @@ def version_transition(*, version_id: int, to: str, **fields: Any) -> bool:
     expected = [ModelVersion.Status.VALIDATING, ModelVersion.Status.CONVERTING]
     if to == ModelVersion.Status.READY:
         fields["ready_at"] = timezone.now()
-    return bool(ModelVersion.objects.filter(pk=version_id, status__in=expected).update(status=to, **fields))
+    moved = ModelVersion.objects.filter(pk=version_id, status__in=expected).update(status=to, **fields)
+    if moved and to == ModelVersion.Status.READY:
+        from modelport.gateway import authcache
+
+        authcache.invalidate_on_commit()  # calls without a version number may now resolve to it
+    return bool(moved)
 
 
 def version_fail(*, version_id: int, code: str, message: str, log: str = "", report: dict | None = None) -> bool:

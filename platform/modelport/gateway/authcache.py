@@ -1,0 +1,113 @@
+"""Process-local cache of call resolutions (API key → user → model → version row).
+
+Every prediction call starts by resolving its API key and target version (fastsql.RESOLVE).
+Measured here that query took ~1 ms of a ~6 ms call at concurrency 1; a Redis GET takes ~0.1 ms.
+So each web process keeps the rows that resolved to a callable version, tagged with the
+*generation* they were read under, and trusts an entry only while
+
+- the generation in Redis (`modelport:authgen:<database hash>`, a random token) is still the one it was read
+  under: every change that can alter a resolution sets a new token after its transaction
+  commits (`invalidate`: model signals for saves and deletes of keys, users, models and
+  versions; explicit calls next to the queryset updates that revoke keys, disable, revalidate
+  or ready versions), so a revocation applies to the very next call in every process;
+- and it is younger than TTL_S, which bounds staleness when an invalidation could not reach
+  Redis or a change was made behind the platform's back (raw SQL).
+
+A missing token (Redis restarted, or never set) is replaced by a new one and that call reads
+the database: tokens are random, so an entry from before a restart can never match again.
+Rows that end in a refusal (401/404/503) are not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+from modelport.gateway import dispatch
+
+log = logging.getLogger(__name__)
+
+TTL_S = 2.0
+MAX_ENTRIES = 10_000
+
+_entries: dict[tuple[Any, ...], tuple[bytes, float, list[Any]]] = {}
+
+
+@lru_cache(maxsize=1)
+def generation_key() -> str:
+    """One token per database (not per data-plane prefix): every process that resolves calls
+    against this database, whichever Redis prefix its data plane uses, must see the change."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    ident = f"{db.get('HOST')}:{db.get('PORT')}/{db.get('NAME')}"
+    return f"modelport:authgen:{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+
+
+def current_generation() -> bytes | None:
+    """The generation token now, or None when there was none (a new one is set; don't trust
+    any entry this time)."""
+    client = dispatch.sync_redis()
+    token = client.get(generation_key())
+    if token is None:
+        client.set(generation_key(), uuid.uuid4().hex, nx=True)
+    return token
+
+
+def lookup(cache_key: tuple[Any, ...], generation: bytes | None) -> list[Any] | None:
+    if generation is None:
+        return None
+    entry = _entries.get(cache_key)
+    if entry is None:
+        return None
+    entry_generation, stored_at, row = entry
+    if entry_generation != generation or time.monotonic() - stored_at > TTL_S:
+        _entries.pop(cache_key, None)
+        return None
+    return row
+
+
+def store(cache_key: tuple[Any, ...], generation: bytes | None, row: list[Any]) -> None:
+    if generation is None:
+        return
+    if len(_entries) >= MAX_ENTRIES:
+        _entries.clear()
+    _entries[cache_key] = (generation, time.monotonic(), row)
+
+
+def invalidate() -> None:
+    """Make every process's cached resolutions stale (call after the change commits)."""
+    _entries.clear()
+    try:
+        dispatch.sync_redis().set(generation_key(), uuid.uuid4().hex)
+    except redis.RedisError as exc:
+        log.warning("could not publish a new resolution generation (%s); caches expire within %ss", exc, TTL_S)
+
+
+def invalidate_on_commit() -> None:
+    from django.db import transaction
+
+    transaction.on_commit(invalidate)
+
+
+def _on_change(sender: Any, **kwargs: Any) -> None:
+    invalidate_on_commit()
+
+
+def connect_signals() -> None:
+    """Saves and deletes of anything a resolution reads invalidate (wired in GatewayConfig.ready)."""
+    from django.contrib.auth import get_user_model
+    from django.db.models.signals import post_delete, post_save
+
+    from modelport.accounts.models import ApiKey
+    from modelport.registry.models import Model, ModelVersion
+
+    for model in (ApiKey, get_user_model(), Model, ModelVersion):
+        post_save.connect(_on_change, sender=model, dispatch_uid=f"authcache-save-{model._meta.label}")
+        post_delete.connect(_on_change, sender=model, dispatch_uid=f"authcache-delete-{model._meta.label}")
