@@ -105,8 +105,8 @@ def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> float
 
 
 def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
-    """CPU seconds used so far by each process group in `groups` (by pgid), PostgreSQL's and
-    Redis's server processes, and wrk; read from /proc."""
+    """CPU seconds used so far by each process group in `groups` (by pgid) and by PostgreSQL's
+    and Redis's server processes; read from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for entry in os.listdir("/proc"):
@@ -120,8 +120,7 @@ def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         label = groups.get(int(fields[2]))
         if label is None:
-            label = "postgres" if comm.startswith("postgres") else "redis" if comm.startswith("redis") else \
-                "wrk" if comm == "wrk" else None
+            label = "postgres" if comm.startswith("postgres") else "redis" if comm.startswith("redis") else None
         if label is not None:
             out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return out
@@ -238,9 +237,12 @@ def main() -> int:
                     wrk(predict, body, connections=1, duration=d, headers=headers))
                 groups = {proc.popen.pid: name for proc, name in zip(platform.procs, ("web", "serve", "convert"),
                                                                        strict=True)}
-                before, started = cpu_by_group(groups), time.monotonic()
+                before, started, children = cpu_by_group(groups), time.monotonic(), os.times()
                 result = wrk(predict, body, connections=32, duration=d, headers=headers)
-                after, elapsed = cpu_by_group(groups), time.monotonic() - started
+                after, elapsed, done = cpu_by_group(groups), time.monotonic() - started, os.times()
+                # wrk has exited by now: its CPU is in this process's reaped-children times.
+                before["wrk"] = children.children_user + children.children_system
+                after["wrk"] = done.children_user + done.children_system
                 for name in ("web", "postgres", "serve", "redis", "wrk"):
                     result[f"cpu_{name}"] = (after.get(name, 0.0) - before.get(name, 0.0)) / elapsed
                 runs.setdefault(f"{label} c=32", []).append(result)

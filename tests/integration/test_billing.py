@@ -171,3 +171,38 @@ def test_service_level_rounding_10000_calls_sum_exactly(live):
     assert sum(Prediction.objects.filter(user=caller).values_list("charged", flat=True)) == total
     assert _account("roundowner").balance == 50_000 * MICRO + 7 * 10_000
     assert _drift("rounder") == 0 and _drift("roundowner") == 0
+
+
+def test_fast_statements_commit_asynchronously_without_leaking_the_setting(live):
+    """Admission and batch settlement turn off synchronous_commit for their own transaction only:
+    the next statement on the same connection (a grant, a refund) commits synchronously again."""
+    from datetime import UTC, datetime, timedelta
+
+    from django.db import connection
+    from modelport.accounts.services import user_create
+    from modelport.billing.services import credits_grant
+    from modelport.gateway import fastsql
+    from modelport.gateway.models import Prediction
+    from modelport.registry.models import Model, ModelVersion
+
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    user = user_create(username="asyncer")
+    model = Model.objects.create(owner=user, name="m")
+    version = ModelVersion.objects.create(model=model, number=1, format="onnx", status="ready", upload_sha256="0" * 64,
+                                          upload_filename="m.onnx", signature={"inputs": [], "outputs": []})
+    assert synchronous_commit() == "on"
+    prediction = Prediction(user=user, account_id=_account("asyncer").pk, version=version, protocol="native",
+                            quote={}, hold_amount=500, deadline_at=datetime.now(UTC) + timedelta(seconds=5))
+    assert fastsql.admit(prediction=prediction, hold=500) == (True, 0)
+    assert synchronous_commit() == "on"
+    now = datetime.now(UTC)
+    settled = fastsql.settle_many(rows=[{"id": prediction.id, "output": None, "price": 120, "metrics": {},
+                                         "started_at": now, "completed_at": now}], hardware="cpu", worker="t")
+    assert settled == {prediction.id: 120}
+    assert synchronous_commit() == "on"
+    assert credits_grant(user=user, credits_micro=5, memo="after")
+    assert _drift("asyncer") == 0

@@ -6,6 +6,17 @@ data-modifying CTEs: one round trip, atomic (a statement is its own transaction)
 the rows and conditions of the ORM versions in services.py, which remain the reference and the
 path for SQLite and for the rarer cases (webhooks, royalties, daily caps). Measured reason: on
 this machine the ORM versions took ~10 round trips per call, most of the web and worker time.
+
+Both commit asynchronously (`synchronous_commit = off` for that statement's transaction only,
+set by the `cfg` CTE), so they do not wait for the WAL flush while holding the payer's account
+row: with one busy account every admission and settlement queues on that row lock, and
+measured here (wrk c=32, alternating runs) the platform served 276 and 297 req/s with
+synchronous commits against 336 and 341 without. Atomicity and consistency are unchanged (the
+ledger always sums to the balance); what a PostgreSQL crash can lose is the last few hundred
+ms of these commits, and every such loss favours the caller: a lost admission is a call that
+never held anything (its settlement finds no row and charges nothing), a lost settlement leaves
+the call open until the reaper releases its whole hold. Grants, refunds, failures, releases
+and every other money movement stay synchronous.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ _COLUMNS = ", ".join(connection.ops.quote_name(f.column) for f in _INSERT_FIELDS
 _PLACEHOLDERS = ", ".join(["%s"] * len(_INSERT_FIELDS))
 
 ADMIT_WITH_HOLD = f"""
-WITH acc AS (
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), acc AS (
     UPDATE billing_creditaccount SET balance = balance - %s, updated_at = now()
     WHERE id = %s AND balance >= %s
     RETURNING id
@@ -38,7 +51,7 @@ WITH acc AS (
     SELECT %s, '{LedgerEntry.Kind.HOLD}', %s, pred.id, '', NULL, now() FROM pred
     RETURNING id
 )
-SELECT count(*) FROM led
+SELECT count(*) FROM led, cfg
 """
 
 ADMIT_WITHOUT_HOLD = f"INSERT INTO gateway_prediction ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
@@ -104,7 +117,9 @@ def resolve_call(*, key_hash: str, owner: str, name: str, number: int | None) ->
 
 
 SETTLE_MANY = f"""
-WITH v AS (
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), v AS (
     SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[])
         AS v(id, output, price, metrics, started_at, completed_at)
 ), p AS (
@@ -128,7 +143,7 @@ WITH v AS (
     FROM p WHERE p.hold_amount > 0
     RETURNING id
 )
-SELECT p.id, p.charged FROM p
+SELECT p.id, p.charged FROM p, cfg
 """
 
 
