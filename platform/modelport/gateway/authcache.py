@@ -24,6 +24,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -50,27 +51,28 @@ def generation_key() -> str:
     return f"modelport:authgen:{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
-def current_generation() -> bytes | None:
-    """The generation token now, or None when there was none (a new one is set; don't trust
-    any entry this time)."""
+def lookup(cache_key: tuple[Any, ...], *, queue_of: Callable[[list[Any]], str]
+           ) -> tuple[bytes | None, list[Any] | None, int | None]:
+    """(generation, cached row or None, depth of the row's queue or None), in one Redis round
+    trip: on a hit the generation check and the queue-bound check (`queue_of(row)`'s length)
+    travel in one pipeline. A None generation means there was no token (a new one is set):
+    don't store under it, read the database."""
     client = dispatch.sync_redis()
-    token = client.get(generation_key())
+    entry = _entries.get(cache_key)
+    if entry is not None and time.monotonic() - entry[1] <= TTL_S:
+        pipe = client.pipeline(transaction=False)
+        pipe.get(generation_key())
+        pipe.llen(queue_of(entry[2]))
+        token, depth = pipe.execute()
+    else:
+        token, depth, entry = client.get(generation_key()), None, None
     if token is None:
         client.set(generation_key(), uuid.uuid4().hex, nx=True)
-    return token
-
-
-def lookup(cache_key: tuple[Any, ...], generation: bytes | None) -> list[Any] | None:
-    if generation is None:
-        return None
-    entry = _entries.get(cache_key)
-    if entry is None:
-        return None
-    entry_generation, stored_at, row = entry
-    if entry_generation != generation or time.monotonic() - stored_at > TTL_S:
+        return None, None, None
+    if entry is None or entry[0] != token:
         _entries.pop(cache_key, None)
-        return None
-    return row
+        return token, None, None
+    return token, entry[2], depth
 
 
 def store(cache_key: tuple[Any, ...], generation: bytes | None, row: list[Any]) -> None:

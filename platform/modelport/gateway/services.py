@@ -30,6 +30,7 @@ from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
 
 MAX_VERSION_NUMBER = 2**31 - 1  # PostgreSQL integer; larger numbers cannot exist
+RESOLVED_VERSION_ID = 13  # index of the version id in a fastsql.RESOLVE row
 
 
 @dataclass
@@ -69,12 +70,14 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         raise registry.model_not_found(owner.replace("\x00", ""), name.replace("\x00", ""))
     if number is not None and not 0 < number <= MAX_VERSION_NUMBER:
         raise Problem(404, f"model {owner}/{name} has no version {number}")
+    from modelport.gateway import dispatch
+
     cache_key = (hash_key(raw_key), owner, name, number)
     try:
-        generation = authcache.current_generation()
+        generation, row, queued = authcache.lookup(
+            cache_key, queue_of=lambda cached_row: dispatch.version_queue(cached_row[RESOLVED_VERSION_ID]))
     except redis.RedisError as exc:
         raise Problem(503, f"the serving queue is unavailable: {exc}") from None
-    row = authcache.lookup(cache_key, generation)
     cached = row is not None
     if row is None:
         fetched = fastsql.resolve_call(key_hash=cache_key[0], owner=owner, name=name, number=number)
@@ -109,6 +112,7 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
                            signature=signature if isinstance(signature, dict) else json.loads(signature),
                            max_queue=max_queue, artifact_sha256=artifact, max_batch_size=max_batch)
     version.model = model
+    version.queued = queued  # the list's length, read with the cache check (None: not read yet)
     return user, api_key, version
 
 
@@ -377,8 +381,10 @@ def queue_admit(*, version: ModelVersion) -> None:
     before anything is held, so a refused call leaves no trace."""
     from modelport.gateway import dispatch
 
+    depth = getattr(version, "queued", None)
     try:
-        depth = dispatch.sync_redis().llen(dispatch.version_queue(version.pk))
+        if depth is None:
+            depth = dispatch.sync_redis().llen(dispatch.version_queue(version.pk))
     except redis.RedisError as exc:
         raise Problem(503, f"the serving queue is unavailable: {exc}") from None
     if depth >= version.max_queue:
