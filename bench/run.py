@@ -8,7 +8,7 @@ Runs, on this machine and loopback only:
 3. the full platform path (HTTP, API key, admission + hold, Redis data plane, serving worker,
    onnxruntime, settlement) with the same model, at concurrency 1 and 32;
 4. the same with metering switched off (bench-only setting) — metering's share (on/off runs
-   alternate twice; each figure is the mean of two runs);
+   alternate --pairs times (default 3); each figure is the mean of its runs);
 5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1, beside the same
    CNN in-process at batch 16 vs 1 (what onnxruntime itself gains from batching here);
 6. where the CPU goes during the platform's c=32 runs (web, PostgreSQL, serving worker,
@@ -176,6 +176,7 @@ class Platform:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--pairs", type=int, default=3, help="metering on/off alternations")
     args = parser.parse_args()
     d = args.duration
     import httpx
@@ -225,11 +226,12 @@ def main() -> int:
             platform.stop()
             headers = {**auth, "Prefer": "wait"}
             predict = f"{platform.url}/api/v1/models/bench/mlp/predictions"
-            # Metering on and off alternate twice (on, off, on, off) and each figure is the mean of
-            # its two runs: single runs here vary by +-30% (FINDINGS), more than the effect measured.
+            # Metering on and off alternate (on, off, on, off, …; --pairs, default 3) and each figure
+            # is the mean of its runs: single runs here vary by +-30% (FINDINGS), more than the
+            # effect measured.
             runs: dict[str, list[dict]] = {}
             for label, env in [("platform", {}), ("platform, metering off",
-                                                  {"MODELPORT_BENCH_DISABLE_METERING": "1"})] * 2:
+                                                  {"MODELPORT_BENCH_DISABLE_METERING": "1"})] * args.pairs:
                 platform.start(**env)
                 for _ in range(50):
                     client.post("/api/v1/models/bench/mlp/predictions", json=body, headers={"Prefer": "wait"})
