@@ -1,6 +1,6 @@
 """Benchmarks for the inference path, as ratios against baselines measured in the same run.
 
-    python bench/run.py [--duration 8]
+    python bench/run.py [--duration 8] [--pairs 3]
 
 Runs, on this machine and loopback only:
 1. onnxruntime in-process (MLP 784-256-10, batch 1) — the floor;
@@ -9,10 +9,11 @@ Runs, on this machine and loopback only:
    onnxruntime, settlement) with the same model, at concurrency 1 and 32;
 4. the same with metering switched off (bench-only setting) — metering's share (on/off runs
    alternate --pairs times (default 3); each figure is the mean of its runs);
-5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1, beside the same
-   CNN in-process at batch 16 vs 1 (what onnxruntime itself gains from batching here);
-6. where the CPU goes during the platform's c=32 runs (web, PostgreSQL, serving worker,
-   Redis, wrk), from /proc.
+5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1 (alternating
+   --pairs times, means), beside the same CNN in-process at batch 16 vs 1 (what onnxruntime
+   itself gains from batching here);
+6. where the CPU goes during the c=32 runs (web, PostgreSQL, serving worker, Redis, wrk),
+   from /proc: the cores each part used and its CPU milliseconds per call.
 Load comes from wrk (Debian package) with bounded duration. Everything started is stopped by
 process group. Needs PostgreSQL and Redis on 127.0.0.1 (make services).
 """
@@ -126,6 +127,23 @@ def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
     return out
 
 
+CPU_NAMES = ("web", "postgres", "serve", "redis", "wrk")
+
+
+def wrk_with_cpu(platform: Platform, url: str, body: dict, *, duration: int, headers: dict[str, str]) -> dict:
+    """wrk at concurrency 32, plus the cores each part used meanwhile (`cpu_<name>`)."""
+    groups = {proc.popen.pid: name for proc, name in zip(platform.procs, ("web", "serve", "convert"), strict=True)}
+    before, started, children = cpu_by_group(groups), time.monotonic(), os.times()
+    result = wrk(url, body, connections=32, duration=duration, headers=headers)
+    after, elapsed, done = cpu_by_group(groups), time.monotonic() - started, os.times()
+    # wrk has exited by now: its CPU is in this process's reaped-children times.
+    before["wrk"] = children.children_user + children.children_system
+    after["wrk"] = done.children_user + done.children_system
+    for name in CPU_NAMES:
+        result[f"cpu_{name}"] = (after.get(name, 0.0) - before.get(name, 0.0)) / elapsed
+    return result
+
+
 def cnn_onnx(path: Path) -> Path:
     import importlib.util
 
@@ -237,17 +255,8 @@ def main() -> int:
                     client.post("/api/v1/models/bench/mlp/predictions", json=body, headers={"Prefer": "wait"})
                 runs.setdefault(f"{label} c=1", []).append(
                     wrk(predict, body, connections=1, duration=d, headers=headers))
-                groups = {proc.popen.pid: name for proc, name in zip(platform.procs, ("web", "serve", "convert"),
-                                                                       strict=True)}
-                before, started, children = cpu_by_group(groups), time.monotonic(), os.times()
-                result = wrk(predict, body, connections=32, duration=d, headers=headers)
-                after, elapsed, done = cpu_by_group(groups), time.monotonic() - started, os.times()
-                # wrk has exited by now: its CPU is in this process's reaped-children times.
-                before["wrk"] = children.children_user + children.children_system
-                after["wrk"] = done.children_user + done.children_system
-                for name in ("web", "postgres", "serve", "redis", "wrk"):
-                    result[f"cpu_{name}"] = (after.get(name, 0.0) - before.get(name, 0.0)) / elapsed
-                runs.setdefault(f"{label} c=32", []).append(result)
+                runs.setdefault(f"{label} c=32", []).append(
+                    wrk_with_cpu(platform, predict, body, duration=d, headers=headers))
                 platform.stop()
             for label, pair in runs.items():
                 results[label] = {k: sum(r[k] for r in pair) / len(pair) for k in pair[0]}
@@ -255,11 +264,15 @@ def main() -> int:
             platform.start()
             image = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
             cnn_body = {"input": {"x": image.tolist()}}
-            for number, label in ((1, "CNN unbatched c=32"), (2, "CNN batched c=32")):
+            cnn_runs: dict[str, list[dict]] = {}
+            for number, label in ((1, "CNN unbatched c=32"), (2, "CNN batched c=32")) * args.pairs:
                 url = f"{platform.url}/api/v1/models/bench/cnn/versions/{number}/predictions"
                 for _ in range(20):
                     client.post(url.removeprefix(platform.url), json=cnn_body, headers={"Prefer": "wait"})
-                results[label] = wrk(url, cnn_body, connections=32, duration=d, headers=headers)
+                cnn_runs.setdefault(label, []).append(
+                    wrk_with_cpu(platform, url, cnn_body, duration=d, headers=headers))
+            for label, series in cnn_runs.items():
+                results[label] = {k: sum(r[k] for r in series) / len(series) for k in series[0]}
         finally:
             platform.stop()
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {db}"],
@@ -287,11 +300,14 @@ def main() -> int:
           f"{results['CNN batched c=32']['rps'] / results['CNN unbatched c=32']['rps']:.2f}   (goal >= 1.2)")
     print(f"  CNN in-process per-sample, batch 1 / batch 16 "
           f"{results['CNN in-process batch 16 vs 1']['gain']:.2f}   (the most batching can gain in onnxruntime here)")
-    print("\nCPU in use during platform c=32 (cores; this machine has "
-          f"{os.cpu_count()}) and per call (ms):")
-    for name in ("web", "postgres", "serve", "redis", "wrk"):
-        cores = p32[f"cpu_{name}"]
-        print(f"  {name:10} {cores:5.2f} cores  {cores * 1000 / p32['rps']:6.2f} ms/call")
+    print(f"\nCPU at c=32 (this machine has {os.cpu_count()} cores): cores in use / CPU ms per call")
+    runs_shown = ("platform c=32", "CNN unbatched c=32", "CNN batched c=32")
+    print(f"  {'':10}" + "".join(f"{label:>26}" for label in runs_shown))
+    for name in CPU_NAMES:
+        cores = [results[label][f"cpu_{name}"] for label in runs_shown]
+        cells = [f"{c:5.2f} / {c * 1000 / results[label]['rps']:5.2f}" for c, label in zip(cores, runs_shown,
+                                                                                         strict=True)]
+        print(f"  {name:10}" + "".join(f"{cell:>26}" for cell in cells))
     print("  BentoML peer: not installed here (optional); FINDINGS measured it at p50 1.6-1.8 ms, 430-510 req/s.")
     return 0
 
