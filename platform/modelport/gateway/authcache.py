@@ -25,7 +25,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -40,7 +39,6 @@ MAX_ENTRIES = 10_000
 _entries: dict[tuple[Any, ...], tuple[bytes, float, list[Any]]] = {}
 
 
-@lru_cache(maxsize=1)
 def generation_key() -> str:
     """One token per database (not per data-plane prefix): every process that resolves calls
     against this database, whichever Redis prefix its data plane uses, must see the change."""
