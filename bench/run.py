@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,12 +68,17 @@ def wrk(url: str, body: dict, *, connections: int, duration: int, headers: dict[
     return {"p50_ms": ms("50"), "p99_ms": ms("99"), "rps": rps, "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def inprocess(model: Path, x: np.ndarray, n: int = 5000) -> float:
+def cpu_session(model: Path) -> Any:
+    """An onnxruntime CPU session with one intra-op thread, as the serving worker runs it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def inprocess(model: Path, x: np.ndarray, n: int = 5000) -> float:
+    session = cpu_session(model)
     for _ in range(200):
         session.run(None, {"x": x})
     times = []
@@ -86,11 +92,7 @@ def inprocess(model: Path, x: np.ndarray, n: int = 5000) -> float:
 def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> float:
     """In-process per-sample time at batch 1 over that at `batch` (1 session thread): the most
     dynamic batching can gain from onnxruntime itself on this CPU."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model)
     rng = np.random.default_rng(2)
     per_sample = {}
     for size in (1, batch):

@@ -156,10 +156,14 @@ class RequestLogMiddleware:
     @staticmethod
     def _finish(request: HttpRequest, response: HttpResponse, request_id: str, started: float) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id
-        duration_ms = (time.perf_counter() - started) * 1000.0
-        match = getattr(request, "resolver_match", None)
-        access_log.info(
-            "%s %s %s %.1fms", request.method, request.path, response.status_code, duration_ms,
-            extra={"method": request.method, "path": request.path, "status": response.status_code,
-                   "duration_ms": round(duration_ms, 3), "route": match.route if match else None},
-        )
+        log_access(request, response.status_code, (time.perf_counter() - started) * 1000.0)
+
+
+def log_access(request: HttpRequest, status: int, duration_ms: float, **extra: Any) -> None:
+    """One access line (also written by gateway/fastlane.py, which skips the middleware stack)."""
+    match = getattr(request, "resolver_match", None)
+    access_log.info(
+        "%s %s %s %.1fms", request.method, request.path, status, duration_ms,
+        extra={"method": request.method, "path": request.path, "status": status,
+               "duration_ms": round(duration_ms, 3), "route": match.route if match else None, **extra},
+    )

@@ -25,7 +25,8 @@ from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
 from modelport.common.errors import json_error
-from modelport.common.logging import REQUEST_ID_HEADER, access_log, request_id_bound
+from modelport.common.logging import REQUEST_ID_HEADER, log_access, request_id_bound
+from modelport.ops.middleware import observe
 
 log = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -92,7 +93,9 @@ class FastLane:
                     response = json_error(request, 500, "internal error")
             assert isinstance(response, HttpResponse)
             response[REQUEST_ID_HEADER] = request_id
-            self._record(request, match.route, response.status_code, started)
+            elapsed = time.perf_counter() - started
+            observe(request, response.status_code, elapsed)
+            log_access(request, response.status_code, elapsed * 1000.0, lane="fast")
         await self.django_app.send_response(response, send)
 
     @staticmethod
@@ -111,15 +114,3 @@ class FastLane:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-    @staticmethod
-    def _record(request: ASGIRequest, route: str, status: int, started: float) -> None:
-        from modelport.ops import metrics
-
-        elapsed = time.perf_counter() - started
-        method = request.method or "other"
-        metrics.http_request_duration.labels(method, route).observe(elapsed)
-        metrics.http_requests.labels(method, route, str(status)).inc()
-        access_log.info("%s %s %s %.1fms", method, request.path, status, elapsed * 1000.0,
-                        extra={"method": method, "path": request.path, "status": status,
-                               "duration_ms": round(elapsed * 1000.0, 3), "route": route, "lane": "fast"})

@@ -24,7 +24,7 @@ from modelport.accounts.models import ApiKey
 from modelport.billing import services as billing
 from modelport.billing.models import CreditAccount
 from modelport.common.problems import Problem
-from modelport.gateway import authcache, fastsql, webhooks
+from modelport.gateway import authcache, dispatch, fastsql, webhooks
 from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
@@ -59,8 +59,6 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
     gateway/authcache.py hit), the same outcomes (401 unknown/revoked key, 404 missing or foreign
     private model or version, 503 not ready/disabled). Builds unsaved model instances from the
     row (no further queries)."""
-    from django.contrib.auth import get_user_model
-
     from modelport.accounts.services import KEY_PREFIX, LAST_USED_RESOLUTION, hash_key
     from modelport.registry.models import Model
 
@@ -70,8 +68,6 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         raise registry.model_not_found(owner.replace("\x00", ""), name.replace("\x00", ""))
     if number is not None and not 0 < number <= MAX_VERSION_NUMBER:
         raise Problem(404, f"model {owner}/{name} has no version {number}")
-    from modelport.gateway import dispatch
-
     cache_key = (hash_key(raw_key), owner, name, number)
     try:
         generation, row, queued = authcache.lookup(
@@ -379,8 +375,6 @@ def call_deadline_s(requested_ms: str | float | None = None) -> float:
 def queue_admit(*, version: ModelVersion) -> None:
     """Refuse (429) a call when its version's list already holds `max_queue` calls. Checked
     before anything is held, so a refused call leaves no trace."""
-    from modelport.gateway import dispatch
-
     depth = getattr(version, "queued", None)
     try:
         if depth is None:

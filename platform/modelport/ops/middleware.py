@@ -55,9 +55,15 @@ class MetricsMiddleware:
 
     @staticmethod
     def _finish(request: HttpRequest, response: HttpResponse, started: float) -> None:
-        method, route = _labels(request)
-        metrics.http_request_duration.labels(method, route).observe(time.perf_counter() - started)
-        metrics.http_requests.labels(method, route, str(response.status_code)).inc()
+        observe(request, response.status_code, time.perf_counter() - started)
+
+
+def observe(request: HttpRequest, status: int, elapsed_s: float) -> None:
+    """Count and time one finished request (also used by gateway/fastlane.py, which skips the
+    middleware stack)."""
+    method, route = _labels(request)
+    metrics.http_request_duration.labels(method, route).observe(elapsed_s)
+    metrics.http_requests.labels(method, route, str(status)).inc()
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         metrics.http_exceptions.labels(_labels(request)[1], type(exception).__name__).inc()
