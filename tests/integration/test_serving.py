@@ -226,6 +226,7 @@ def _settle_without_reply(fleet, vid: int, timeout: float = 10.0) -> str:
     cold queue (no worker runs on this data plane), settle it, never reply."""
     from datetime import UTC, datetime
 
+    from modelport.gateway import fastsql
     from modelport.gateway.services import prediction_succeed
 
     from workers import wire
@@ -235,6 +236,8 @@ def _settle_without_reply(fleet, vid: int, timeout: float = 10.0) -> str:
         item = fleet.redis.blpop([f"{fleet.prefix}:q:cold", f"{fleet.prefix}:q:v{vid}"], timeout=1)
         if item is not None:
             header, _ = wire.unpack(item[1])
+            if "admit" in header:  # a deferred admission: the worker admits before running
+                assert fastsql.admit_many([header["admit"]]) == {header["id"]}
             output = {"y": [[0.5] * 10]} if header["protocol"] == "native" else None
             done = prediction_succeed(prediction_id=header["id"], output=output, compute_us=2000, queue_ms=1.0,
                                       batch_size=1, hardware="cpu", worker="killed", started_at=datetime.now(UTC))
@@ -278,3 +281,69 @@ def test_settled_call_whose_reply_was_lost(user_api, fleet, tmp_path):
     assert prediction.status == "failed" and prediction.error["code"] == "undelivered" and prediction.charged == 0
     assert api.balance_micro() == before
     assert drift("lostreply") == 0
+
+
+def test_deferred_call_that_no_worker_admitted_is_recorded_failed_and_can_never_run(user_api, fleet, tmp_path):
+    """A waiting call is admitted by the worker that pops it. If its deadline passes first (no
+    worker on this data plane), the web records it as failed with nothing held; a worker that
+    pops the frame afterwards cannot admit it any more, so it can never be charged."""
+    from modelport.billing.models import LedgerEntry
+    from modelport.gateway import fastsql
+    from modelport.gateway.models import Prediction
+
+    from workers import wire
+
+    api = user_api("abandoned")
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    before = api.balance_micro()
+    resp = call(fleet.base_url, api.http.headers["Authorization"], "abandoned/mlp", {"x": [[0.1] * 784]},
+                **{"Modelport-Deadline-Ms": "500"})
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["code"] == "deadline"
+    prediction = Prediction.objects.get(pk=resp.json()["prediction_id"])
+    assert prediction.status == "failed" and prediction.error["code"] == "deadline"
+    assert prediction.hold_amount == 0 and prediction.charged == 0
+    assert not LedgerEntry.objects.filter(prediction=prediction).exists()
+    item = fleet.redis.lpop(f"{fleet.prefix}:q:cold") or fleet.redis.lpop(f"{fleet.prefix}:q:v{vid}")
+    header, _ = wire.unpack(item)
+    assert header["id"] == prediction.pk
+    assert fastsql.admit_many([header["admit"]]) == set()  # the late worker cannot admit it
+    assert Prediction.objects.get(pk=prediction.pk).status == "failed"
+    assert api.balance_micro() == before
+    assert drift("abandoned") == 0
+
+
+def test_group_admission_takes_what_the_balance_covers(user_api, live, tmp_path):
+    """Admission of a popped group: one statement when the account covers the whole group, and
+    call by call when it does not (what fits is admitted, the rest refused with nothing held)."""
+    from django.utils import timezone
+
+    from modelport.gateway import fastsql, services
+    from modelport.gateway.models import Prediction
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("grouped", credits=3)  # each row below holds 1 credit
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    version = ModelVersion.objects.get(pk=vid)
+    account_id = services._account_id(version.model.owner_id)
+
+    def row() -> dict:
+        now = timezone.now()
+        return fastsql.admission_row(Prediction(
+            user_id=version.model.owner_id, account_id=account_id, version=version, protocol="native",
+            quote={"hardware": "cpu", "base": 0, "per_second": 0, "royalty": 0}, hold_amount=1_000_000,
+            deadline_at=now, created_at=now))
+
+    rows = [row() for _ in range(2)]
+    assert fastsql.admit_many(rows) == {r["id"] for r in rows}
+    assert api.balance_micro() == 1_000_000
+    rows = [row() for _ in range(2)]
+    assert fastsql.admit_many(rows) == set()  # 2 credits asked, 1 left: the group as a whole is refused
+    assert fastsql.admit_many(rows[:1]) == {rows[0]["id"]}
+    assert api.balance_micro() == 0
+    assert not Prediction.objects.filter(pk=rows[1]["id"]).exists()
+    for pid in [r["id"] for r in rows[:1]] + list(Prediction.objects.filter(
+            user__username="grouped", status="starting").values_list("pk", flat=True)):
+        services.prediction_fail(prediction_id=pid, code="test", message="released")
+    assert api.balance_micro() == 3_000_000
+    assert drift("grouped") == 0

@@ -110,17 +110,22 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (0 < len(idem) <= 200):
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
+    wait = prefer_wait(request.headers.get("Prefer"))
     admission = services.prediction_admit(
         user=user, api_key=api_key, version=version, protocol="native", deadline_s=deadline_s,
         idempotency_key=idem, request_id=current_request_id(),
         webhook=webhook, webhook_events=events,
+        # Deferred only when the caller waits out the whole deadline: a shorter wait answers 202
+        # with a prediction that must already exist.
+        defer=wait is not None and wait >= deadline_s,
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None
-    return admission, arrays, data
+    return admission, arrays, data, wait
 
 
 async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: str,
-                        tensors: list[tuple[str, Any]], model_label: str = "", version_number: int = 0) -> None:
+                        tensors: list[tuple[str, Any]], model_label: str = "", version_number: int = 0,
+                        admit_row: dict[str, Any] | None = None) -> None:
     client = redis_client()
     if _router.needs_refresh():
         _router.refresh(await client.hgetall(dispatch.workers_key()))
@@ -131,10 +136,13 @@ async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: st
         "model": model_label, "version_number": version_number, "created": prediction.created_at.timestamp(),
         "quote": prediction.quote, "webhook": bool(prediction.webhook),
     }
+    if admit_row is not None:
+        header["admit"] = admit_row
     await client.rpush(_router.queue_for(version_id), wire.pack(header, tensors))
 
 
-async def await_reply(prediction: Prediction, wait_s: float) -> tuple[dict[str, Any], list] | None:
+async def await_reply(prediction: Prediction, wait_s: float,
+                      deferred_row: dict[str, Any] | None = None) -> tuple[dict[str, Any], list] | None:
     """The worker's reply, or None if `wait_s` passed first. After the call's own deadline has
     passed the call is failed here (hold released), and the reply says so."""
     client = redis_client()
@@ -144,6 +152,10 @@ async def await_reply(prediction: Prediction, wait_s: float) -> tuple[dict[str, 
     if item is not None:
         return wire.unpack(item[1])
     if time.time() >= prediction.deadline_at.timestamp():
+        message = "no worker answered before the deadline"
+        if deferred_row is not None and await sync_to_async(services.prediction_abandon, thread_sensitive=False)(
+                row=deferred_row, code="deadline", message=message):
+            return {"ok": False, "status": 503, "code": "deadline", "message": message}, []
         failed = await sync_to_async(services.prediction_fail, thread_sensitive=False)(
             prediction_id=prediction.id, code="deadline", message="no worker answered before the deadline")
         if failed is None:  # the worker finished at the last moment: take its reply
@@ -159,10 +171,18 @@ async def await_reply(prediction: Prediction, wait_s: float) -> tuple[dict[str, 
     return None
 
 
-async def _lost_broker(prediction: Prediction, exc: Exception) -> HttpResponse:
+async def call_lost(prediction: Prediction, exc: Exception, deferred_row: dict[str, Any] | None) -> None:
+    """End a call whose data plane failed (Redis down or restarted): failed, nothing charged."""
     log.warning("call %s lost its broker connection: %r", prediction.id, exc)
-    await sync_to_async(services.prediction_fail, thread_sensitive=False)(
-        prediction_id=prediction.id, code="broker_unavailable", message=f"the call could not be routed: {exc}")
+    message = f"the call could not be routed: {exc}"
+    if deferred_row is None or not await sync_to_async(services.prediction_abandon, thread_sensitive=False)(
+            row=deferred_row, code="broker_unavailable", message=message):
+        await sync_to_async(services.prediction_fail, thread_sensitive=False)(
+            prediction_id=prediction.id, code="broker_unavailable", message=message)
+
+
+async def _lost_broker(prediction: Prediction, exc: Exception, deferred_row: dict[str, Any] | None) -> HttpResponse:
+    await call_lost(prediction, exc, deferred_row)
     return problem_response(Problem(503, "the serving queue is unavailable; nothing was charged"))
 
 
@@ -171,32 +191,35 @@ async def prediction_create(request: HttpRequest, owner: str, name: str, number:
     if request.method != "POST":
         return problem_response(Problem(405, "use POST"))
     try:
-        admission, arrays, existing = await sync_to_async(_admit_native, thread_sensitive=False)(
+        admission, arrays, existing, wait = await sync_to_async(_admit_native, thread_sensitive=False)(
             request, owner, name, number)
     except Problem as problem:
         return problem_response(problem)
     prediction = admission.prediction
     if existing is not None:
         return JsonResponse(existing, status=200 if prediction.status in Prediction.TERMINAL else 202)
+    deferred = admission.deferred_row
     try:
         await dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="native", tensors=arrays,
-                            model_label=f"{owner}/{name}", version_number=admission.version.number)
+                            model_label=f"{owner}/{name}", version_number=admission.version.number,
+                            admit_row=deferred)
     except aioredis.RedisError as exc:
-        return await _lost_broker(prediction, exc)
-    wait = prefer_wait(request.headers.get("Prefer"))
+        return await _lost_broker(prediction, exc, deferred)
     if wait is None:
         data = await sync_to_async(services.prediction_data, thread_sensitive=False)(prediction)
         return JsonResponse(data, status=201)
     try:
-        reply = await await_reply(prediction, wait)
+        reply = await await_reply(prediction, wait, deferred)
     except aioredis.RedisError as exc:
-        return await _lost_broker(prediction, exc)
+        return await _lost_broker(prediction, exc, deferred)
     if reply is None:
         data = await sync_to_async(services.prediction_data, thread_sensitive=False)(prediction)
         return JsonResponse(data, status=202)
     payload, _ = reply
     if payload["ok"]:
         return JsonResponse(payload["prediction"], status=200, headers={"Preference-Applied": "wait"})
+    if payload["status"] == 402:  # refused by the worker's admission (deferred): nothing was recorded
+        return problem_response(Problem(402, payload["message"], **payload["extra"]))
     return problem_response(Problem(payload["status"], payload["message"], code=payload["code"],
                                     prediction_id=prediction.id))
 

@@ -1,4 +1,4 @@
-"""Single-statement PostgreSQL versions of the two writes on every call's path.
+"""Single-statement PostgreSQL versions of the writes on every call's path.
 
 Admission (create the prediction + hold its price + the hold's ledger entry) and settlement of a
 whole batch (terminal status + return the unused holds + the settle ledger entries) are each one statement of
@@ -21,6 +21,7 @@ and every other money movement stay synchronous.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.db import connection
@@ -55,6 +56,86 @@ SELECT count(*) FROM led, cfg
 """
 
 ADMIT_WITHOUT_HOLD = f"INSERT INTO gateway_prediction ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
+
+# Admission of a batch of calls at the serving worker (see services.prediction_admit's
+# `defer`): the web sends each call's row (`admission_row`) in its frame; the worker admits all
+# rows of what it popped in one statement before running them. Per account, the holds of the
+# group are taken together when the balance covers them all (callers retry the refused rows one
+# by one, so a group that does not fit as a whole still admits what fits). A row whose id
+# already exists (the web gave up at the deadline and recorded the call as failed, see
+# `abandon`) is not admitted; if the web's insert races this statement, the statement fails on
+# the primary key and the caller retries row by row.
+_ROW_TYPES = ", ".join(f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in _INSERT_FIELDS)
+
+ADMIT_MANY = f"""
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), v AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v({_ROW_TYPES})
+), fresh AS (
+    SELECT v.* FROM v WHERE NOT EXISTS (SELECT 1 FROM gateway_prediction g WHERE g.id = v.id)
+), need AS (
+    SELECT account_id, sum(hold_amount) AS total FROM fresh GROUP BY account_id
+), acc AS (
+    UPDATE billing_creditaccount a SET balance = a.balance - need.total, updated_at = now()
+    FROM need WHERE a.id = need.account_id AND a.balance >= need.total
+    RETURNING a.id
+), pred AS (
+    INSERT INTO gateway_prediction ({_COLUMNS})
+    SELECT {_COLUMNS} FROM fresh WHERE fresh.account_id IN (SELECT id FROM acc)
+    RETURNING id, account_id, hold_amount
+), led AS (
+    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
+    SELECT account_id, '{LedgerEntry.Kind.HOLD}', -hold_amount, id, '', NULL, now() FROM pred
+    WHERE hold_amount > 0
+    RETURNING id
+)
+SELECT pred.id FROM pred LEFT JOIN cfg ON true
+"""
+
+ABANDON = f"""
+INSERT INTO gateway_prediction ({_COLUMNS})
+SELECT {_COLUMNS} FROM jsonb_populate_record(NULL::gateway_prediction, %s::jsonb)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+
+def admission_row(prediction: Prediction) -> dict[str, Any]:
+    """`prediction` (unsaved) as the JSON object ADMIT_MANY reads (column name → value)."""
+    row: dict[str, Any] = {}
+    for field in _INSERT_FIELDS:
+        value = field.pre_save(prediction, add=True)
+        row[field.column] = value.isoformat() if hasattr(value, "isoformat") else value
+    return row
+
+
+def admit_many(rows: list[dict[str, Any]]) -> set[str]:
+    """Admit (insert + hold) the calls of `rows`; returns the ids admitted. Raises
+    IntegrityError when a row's id was inserted concurrently (see ADMIT_MANY)."""
+    with connection.cursor() as cursor:
+        cursor.execute(ADMIT_MANY, [json.dumps(rows)])
+        return {pid for (pid,) in cursor.fetchall()}
+
+
+def refusal_facts(*, prediction_id: str, account_id: int) -> tuple[int, bool]:
+    """(the account's balance, whether the prediction exists) for a call ADMIT_MANY refused."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT (SELECT balance FROM billing_creditaccount WHERE id = %s), "
+                       "EXISTS (SELECT 1 FROM gateway_prediction WHERE id = %s)", [account_id, prediction_id])
+        balance, exists = cursor.fetchone()
+    return int(balance or 0), bool(exists)
+
+
+def abandon(row: dict[str, Any], *, code: str, message: str, at: str) -> bool:
+    """Record a deferred call that no worker admitted as failed (nothing held, nothing charged)
+    unless a worker admitted it already. True if this recorded it: from then on no worker can."""
+    failed = {**row, "status": Prediction.Status.FAILED, "hold_amount": 0,
+              "error": {"code": code, "message": message}, "completed_at": at}
+    with connection.cursor() as cursor:
+        cursor.execute(ABANDON, [json.dumps(failed)])
+        return cursor.fetchone() is not None
+
 
 def available() -> bool:
     return connection.vendor == "postgresql"
@@ -151,8 +232,6 @@ def settle_many(*, rows: list[dict[str, Any]], hardware: str, worker: str) -> di
     """`settle` for a whole batch in one statement. rows: id, output (JSON-able or None), price,
     metrics, started_at, completed_at. Returns {prediction id: charged} for the rows it settled
     (a row already terminal is left unchanged and absent from the result)."""
-    import json
-
     columns = ([r["id"] for r in rows], [None if r["output"] is None else json.dumps(r["output"]) for r in rows],
                [r["price"] for r in rows], [json.dumps(r["metrics"]) for r in rows],
                [r["started_at"] for r in rows], [r["completed_at"] for r in rows])

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import redis
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import IntegrityError, close_old_connections
 
 from modelport.common.logging import request_id_bound
 from modelport.gateway import dispatch, fastsql, services
@@ -225,7 +225,7 @@ class ServingLoop:
                 self.stopping.wait(0.5)
                 continue
             try:
-                self.serve(calls)
+                self.serve(self._admit(calls))
             except Exception:  # the loop must survive anything; the calls themselves are failed
                 log.exception("serving failed")
                 for call in calls:
@@ -264,6 +264,47 @@ class ServingLoop:
                 calls.append(Call(h, t, time.time()))
                 rows += t[0][1].shape[0] if t else 1
         return calls
+
+    def _admit(self, calls: list[Call]) -> list[Call]:
+        """Admit the deferred calls among `calls` (services.prediction_admit's `defer`): one
+        statement for the group; a group an account cannot cover as a whole is retried call by
+        call. Calls refused are answered here (402, or 503 when the web already gave up on them)
+        and dropped; the rest are returned to be served."""
+        deferred = [c for c in calls if "admit" in c.header]
+        if not deferred:
+            return calls
+        try:
+            admitted = fastsql.admit_many([c.header["admit"] for c in deferred])
+        except IntegrityError:  # raced the web's abandon(): go call by call
+            admitted = set()
+        refused = [c for c in deferred if c.header["id"] not in admitted]
+        if len(deferred) > 1:
+            for call in refused:
+                try:
+                    admitted |= fastsql.admit_many([call.header["admit"]])
+                except IntegrityError:
+                    pass
+        kept = []
+        for call in calls:
+            if "admit" not in call.header or call.header["id"] in admitted:
+                kept.append(call)
+            else:
+                self._refuse(call)
+        return kept
+
+    def _refuse(self, call: Call) -> None:
+        row = call.header["admit"]
+        balance, exists = fastsql.refusal_facts(prediction_id=row["id"], account_id=row["account_id"])
+        with request_id_bound(call.header.get("request_id")):
+            if exists:  # the web recorded it as failed at its deadline: nobody waits for this reply
+                log.info("call %s ended before admission", row["id"])
+                self._reply(call.header, {"ok": False, "status": 503, "code": "deadline",
+                                          "message": "the call ended before it could run"})
+                return
+            problem = services.insufficient_credits(balance=balance, required=row["hold_amount"])
+            log.info("call %s refused: %s", row["id"], problem.detail)
+            self._reply(call.header, {"ok": False, "status": 402, "code": "insufficient_credits",
+                                      "message": problem.detail, "extra": problem.extra})
 
     def _version(self, version_id: int) -> VersionInfo:
         info = self.versions.get(version_id)

@@ -138,7 +138,7 @@ def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None) -
     deadline_s = services.call_deadline_s(timeout_us / 1000.0 if isinstance(timeout_us, int | float) else None)
     admission = services.prediction_admit(user=user, api_key=api_key, version=version, protocol="v2",
                                           deadline_s=deadline_s,
-                                          request_id=current_request_id())
+                                          request_id=current_request_id(), defer=True)
     return admission, arrays, parsed
 
 
@@ -155,14 +155,15 @@ async def infer(request: HttpRequest, owner: str, name: str, number: int | None 
             response[key] = value
         return response
     prediction: Prediction = admission.prediction
+    deferred = admission.deferred_row
     try:
         await api.dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="v2",
                                 tensors=arrays, model_label=f"{owner}/{name}",
-                                version_number=admission.version.number)
-        reply = await api.await_reply(prediction, wait_s=float(settings.MODELPORT_CALL_DEADLINE_S))
+                                version_number=admission.version.number, admit_row=deferred)
+        reply = await api.await_reply(prediction, wait_s=float(settings.MODELPORT_CALL_DEADLINE_S),
+                                      deferred_row=deferred)
     except aioredis.RedisError as exc:
-        await sync_to_async(services.prediction_fail, thread_sensitive=False)(
-            prediction_id=prediction.id, code="broker_unavailable", message=str(exc))
+        await api.call_lost(prediction, exc, deferred)
         return error(503, "the serving queue is unavailable; nothing was charged")
     if reply is None:  # cannot happen: the wait covers the whole deadline
         return error(503, "no worker answered before the deadline")
