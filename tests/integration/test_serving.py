@@ -87,6 +87,38 @@ def test_batching_mixed_shapes_each_output_is_its_own(user_api, fleet, tmp_path)
     assert drift("batcher") == 0
 
 
+def test_popped_groups_still_execute_within_max_batch_size(user_api, fleet, tmp_path):
+    """The worker pops waiting calls as a group (one admission, one settlement), but execution
+    follows each version's max_batch_size: rows per run never pass it, and 1 means alone."""
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("chunker")
+    limits = {"one": 1, "three": 3}
+    for name, limit in limits.items():
+        vid = ready_model(api, name, sum_model(tmp_path / f"{name}.onnx"))
+        ModelVersion.objects.filter(pk=vid).update(max_batch_size=limit, max_queue_delay_ms=30)
+    worker = fleet.start_worker("serve", serve=True)
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+    rng = np.random.default_rng(7)
+    for name, limit in limits.items():
+        assert call(fleet.base_url, key, f"chunker/{name}", {"x": [[1.0, 2.0]]}).status_code == 200
+        jobs = [rng.integers(-9, 9, size=(1 + i % 2, 4)).astype(np.float32) for i in range(40)]
+        worker.pause()  # let the calls pile up, so the worker pops them as groups
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            futures = [pool.submit(call, fleet.base_url, key, f"chunker/{name}", {"x": x.tolist()}) for x in jobs]
+            time.sleep(1.0)
+            worker.resume()
+            responses = [f.result() for f in futures]
+        rows_per_run = []
+        for x, resp in zip(jobs, responses, strict=True):
+            assert resp.status_code == 200, resp.text
+            np.testing.assert_allclose(resp.json()["output"]["y"], 2 * x.sum(axis=1), rtol=1e-6)
+            rows_per_run.append(resp.json()["metrics"]["batch_size"])
+        assert max(rows_per_run) <= limit, (name, rows_per_run)
+    assert drift("chunker") == 0
+
+
 def test_queue_full_429_and_deadline_503_charge_nothing(user_api, fleet, tmp_path):
     from modelport.gateway.models import Prediction
     from modelport.registry.models import ModelVersion
@@ -317,7 +349,6 @@ def test_group_admission_takes_what_the_balance_covers(user_api, live, tmp_path)
     """Admission of a popped group: one statement when the account covers the whole group, and
     call by call when it does not (what fits is admitted, the rest refused with nothing held)."""
     from django.utils import timezone
-
     from modelport.gateway import fastsql, services
     from modelport.gateway.models import Prediction
     from modelport.registry.models import ModelVersion

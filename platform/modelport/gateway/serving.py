@@ -44,6 +44,8 @@ from workers.runtime import LoadedModel, ModelCache
 log = logging.getLogger(__name__)
 
 BACKLOG_TO_SCALE = 4  # queued calls on a version's list that make an idle worker load it too
+GROUP_MAX = 16  # calls popped at once from one list (admitted and settled in one statement each)
+FLUSH_S = 0.005  # within a popped group, settle and reply at least this often (long-running models)
 
 
 @dataclass
@@ -54,6 +56,16 @@ class VersionInfo:
     max_batch_size: int
     max_queue_delay_s: float
     batchable: bool
+
+
+@dataclass
+class Done:
+    """An executed call waiting for its settlement (ServingLoop._finish_fast)."""
+    call: Call
+    share_us: int
+    compute_us: int
+    batch_size: int
+    started: float
 
 
 @dataclass
@@ -108,6 +120,7 @@ class ServingLoop:
         self._threads: list[threading.Thread] = []
         self._backlog_seen: dict[int, int] = {}
         self.disabled: set[int] = set()
+        self.multi_pop: bool | None = None  # BLMPOP available (Redis 7); probed on first pop
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,11 +228,11 @@ class ServingLoop:
         while not self.stopping.is_set():
             queues = [dispatch.version_queue(int(v)) for v in self.cache.loaded()] + [dispatch.cold_queue()]
             try:
-                item = self.redis.blpop(queues, timeout=1)
-                if item is None:
+                popped = self._pop(queues)
+                if popped is None:
                     continue
                 close_old_connections()
-                calls = self._collect(item[0].decode(), item[1])
+                calls = self._collect(*popped)
             except redis.RedisError as exc:
                 log.warning("redis unavailable (%s); retrying", exc)
                 self.stopping.wait(0.5)
@@ -232,23 +245,43 @@ class ServingLoop:
                     self._fail(call, code="internal", message="the worker failed while serving this call",
                                http_status=503)
 
-    def _collect(self, queue: str, frame: bytes) -> list[Call]:
-        """The popped call plus, for a batchable version's own list, more calls of it that arrive
-        within the version's queue delay (up to max_batch_size rows)."""
-        header, tensors = wire.unpack(frame)
-        calls = [Call(header, tensors, time.time())]
+    def _pop(self, queues: list[str]) -> tuple[str, list[bytes]] | None:
+        """Wait up to 1 s for calls: (the list they came from, up to GROUP_MAX of its frames).
+        One round trip with BLMPOP (Redis 7); one call at a time with BLPOP on older servers
+        (the embedded Redis of `make run`)."""
+        if self.multi_pop is None:
+            self.multi_pop = int(str(self.redis.info("server").get("redis_version", "0")).split(".")[0]) >= 7
+        if self.multi_pop:
+            try:
+                got = self.redis.blmpop(1, len(queues), *queues, direction="LEFT", count=GROUP_MAX)
+            except redis.ResponseError:  # a server without BLMPOP after all
+                self.multi_pop = False
+                return None
+            return None if got is None else (got[0].decode(), got[1])
+        item = self.redis.blpop(queues, timeout=1)
+        return None if item is None else (item[0].decode(), [item[1]])
+
+    def _collect(self, queue: str, frames: list[bytes]) -> list[Call]:
+        """The popped calls plus, for a batchable version's own list, more calls of it that
+        arrive within the version's queue delay (up to max_batch_size rows). Calls that were
+        waiting together are served together whatever their version's batching: one admission
+        and one settlement statement for the group (execution still follows max_batch_size)."""
+        now = time.time()
+        calls = [Call(*wire.unpack(frame), now) for frame in frames]
         if queue == dispatch.cold_queue():
             return calls
         try:
-            info = self._version(header["version_id"])
+            info = self._version(calls[0].header["version_id"])
         except ModelVersion.DoesNotExist:
             return calls
         if not info.batchable or info.max_batch_size <= 1:
             return calls
-        rows = tensors[0][1].shape[0] if tensors else 1
+        rows = sum(c.tensors[0][1].shape[0] if c.tensors else 1 for c in calls)
         deadline = time.monotonic() + info.max_queue_delay_s
         while rows < info.max_batch_size:
-            frames = self.redis.lpop(queue, info.max_batch_size - len(calls)) or []
+            # After BLMPOP a lone call means the list was empty: skip the LPOP round trip.
+            alone = len(calls) == 1 and self.multi_pop
+            frames = [] if alone else self.redis.lpop(queue, info.max_batch_size - len(calls)) or []
             if not frames:
                 # A call that found no other waiting runs at once: the delay only pays when calls
                 # are arriving together (measured: a fixed 2 ms wait was a third of the c=1 latency).
@@ -335,6 +368,7 @@ class ServingLoop:
             self._reply(call.header, {"ok": False, "status": http_status, "code": code, "message": message})
 
     def serve(self, calls: list[Call]) -> None:
+        settled: list[Done] = []  # executed calls whose settlement goes in one statement
         live = []
         for call in calls:
             if call.popped > call.header["deadline"]:
@@ -358,19 +392,31 @@ class ServingLoop:
                                http_status=503)
                 continue
             for batch in self._shape_groups(group, info):
-                self._execute(model, batch)
+                self._execute(model, batch, settled)
+                if settled and time.time() - settled[0].started > FLUSH_S:
+                    self._finish_fast(settled)
+                    settled = []
+        if settled:
+            self._finish_fast(settled)
 
     @staticmethod
     def _shape_groups(calls: list[Call], info: VersionInfo) -> list[list[Call]]:
-        if not info.batchable:
+        """Execution batches: calls with identical non-batch shapes, up to max_batch_size rows
+        each (a call larger than that runs alone); every call alone when batching is off."""
+        if not info.batchable or info.max_batch_size <= 1:
             return [[c] for c in calls]
-        groups: dict[tuple[Any, ...], list[Call]] = {}
+        groups: dict[tuple[Any, ...], list[list[Call]]] = {}
         for call in calls:
             key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in call.tensors)
-            groups.setdefault(key, []).append(call)
-        return list(groups.values())
+            rows = call.tensors[0][1].shape[0] if call.tensors else 1
+            chunks = groups.setdefault(key, [[]])
+            if chunks[-1] and sum(c.tensors[0][1].shape[0] if c.tensors else 1 for c in chunks[-1]) + rows \
+                    > info.max_batch_size:
+                chunks.append([])
+            chunks[-1].append(call)
+        return [chunk for chunks in groups.values() for chunk in chunks]
 
-    def _execute(self, model: LoadedModel, batch: list[Call]) -> None:
+    def _execute(self, model: LoadedModel, batch: list[Call], settled: list[Done]) -> None:
         started = time.time()
         for call in batch:
             call.rows = call.tensors[0][1].shape[0] if call.tensors else 1
@@ -396,7 +442,6 @@ class ServingLoop:
                                compute_us=compute_us,
                                request_us=int(sum(time.time() - c.header["enqueued"] for c in batch) * 1e6))
         offset = 0
-        fast: list[tuple[Call, int]] = []
         for call in batch:
             if len(batch) == 1:
                 call.outputs = outputs
@@ -407,11 +452,10 @@ class ServingLoop:
             quote = call.header.get("quote") or {}
             if fastsql.available() and "created" in call.header and not quote.get("royalty") \
                     and not call.header.get("webhook"):
-                fast.append((call, share))
+                settled.append(Done(call, share_us=share, compute_us=compute_us, batch_size=len(batch),
+                                    started=started))
             else:
                 self._finish(call, compute_us=compute_us, share_us=share, batch_size=len(batch), started=started)
-        if fast:
-            self._finish_fast(fast, compute_us=compute_us, batch_size=len(batch), started=started)
 
     def _finish(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float) -> None:
         with request_id_bound(call.header.get("request_id")):
@@ -439,16 +483,16 @@ class ServingLoop:
             self._reply(header, {"ok": True, "charged": prediction.charged, "metrics": prediction.metrics},
                         call.outputs)
 
-    def _finish_fast(self, calls: list[tuple[Call, int]], *, compute_us: int, batch_size: int,
-                     started: float) -> None:
-        """Settle the batch's calls in one statement (gateway/fastsql.py) and send every reply in
+    def _finish_fast(self, done: list[Done]) -> None:
+        """Settle executed calls in one statement (gateway/fastsql.py) and send every reply in
         one Redis pipeline, rendering from what the frames carry — no ORM round trips. Same
         outcome per call as services.prediction_succeed."""
         now = time.time()
-        started_at = datetime.fromtimestamp(started, UTC)
         completed_at = datetime.fromtimestamp(now, UTC)
         rows = []
-        for call, share_us in calls:
+        for d in done:
+            call, share_us, compute_us, batch_size, started = d.call, d.share_us, d.compute_us, d.batch_size, d.started
+            started_at = datetime.fromtimestamp(started, UTC)
             header = call.header
             q = header["quote"]
             price = services.billing.Quote(hardware=self.cache.hardware, base=q["base"], per_second=q["per_second"],
@@ -462,12 +506,12 @@ class ServingLoop:
                             "total_ms": round((now - header["created"]) * 1000.0, 3), "batch_size": batch_size},
             })
         charged_by_id = fastsql.settle_many(rows=rows, hardware=self.cache.hardware, worker=self.worker_id)
-        self.served += len(calls)
+        self.served += len(done)
         pipe = self.redis.pipeline(transaction=False)
-        for (call, _), row in zip(calls, rows, strict=True):
-            header = call.header
+        for d, row in zip(done, rows, strict=True):
+            header = d.call.header
             with request_id_bound(header.get("request_id")):
-                log.info("call %s served: batch %d, compute %d us", header["id"], batch_size, compute_us)
+                log.info("call %s served: batch %d, compute %d us", header["id"], d.batch_size, d.compute_us)
             charged = charged_by_id.get(header["id"])
             if charged is None:  # the web tier (deadline) or a cancel got there first: no charge
                 payload: dict[str, Any] = {"ok": False, "status": 503, "code": "deadline",
@@ -477,11 +521,11 @@ class ServingLoop:
                 payload = {"ok": True, "prediction": services.prediction_json(
                     pid=header["id"], model=header["model"], version=header["version_number"], status="succeeded",
                     output=row["output"], error=None, metrics=row["metrics"], charged=charged, royalty=0,
-                    created_at=datetime.fromtimestamp(header["created"], UTC), started_at=started_at,
+                    created_at=datetime.fromtimestamp(header["created"], UTC), started_at=row["started_at"],
                     completed_at=completed_at)}
                 tensors = None
             else:
-                payload, tensors = {"ok": True, "charged": charged, "metrics": row["metrics"]}, call.outputs
+                payload, tensors = {"ok": True, "charged": charged, "metrics": row["metrics"]}, d.call.outputs
             pipe.rpush(header["reply"], wire.pack(payload, tensors))
             pipe.expire(header["reply"], dispatch.REPLY_TTL_S)
         pipe.execute()
