@@ -8,6 +8,7 @@ import re
 import time
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -83,7 +84,8 @@ def resolve(request: HttpRequest, owner: str, name: str, number: int | None) -> 
     token = bearer_token(header) if header else None
     if token is not None and fastsql.available():
         user, api_key, version = services.resolve_call_fast(raw_key=token, owner=owner, name=name, number=number)
-        rate_limit_hit(api_key=api_key)
+        if not getattr(api_key, "rate_counted", False):  # not counted with the cache check
+            rate_limit_hit(api_key=api_key)
         return user, api_key, version
     user, key = authenticate(request)
     if key is not None:
@@ -217,7 +219,8 @@ async def prediction_create(request: HttpRequest, owner: str, name: str, number:
         return JsonResponse(data, status=202)
     payload, _ = reply
     if payload["ok"]:
-        return JsonResponse(payload["prediction"], status=200, headers={"Preference-Applied": "wait"})
+        return HttpResponse(orjson.dumps(payload["prediction"]), status=200, content_type="application/json",
+                            headers={"Preference-Applied": "wait"})
     if payload["status"] == 402:  # refused by the worker's admission (deferred): nothing was recorded
         return problem_response(Problem(402, payload["message"], **payload["extra"]))
     return problem_response(Problem(payload["status"], payload["message"], code=payload["code"],

@@ -49,28 +49,35 @@ def generation_key() -> str:
     return f"modelport:authgen:{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
-def lookup(cache_key: tuple[Any, ...], *, queue_of: Callable[[list[Any]], str]
-           ) -> tuple[bytes | None, list[Any] | None, int | None]:
-    """(generation, cached row or None, depth of the row's queue or None), in one Redis round
-    trip: on a hit the generation check and the queue-bound check (`queue_of(row)`'s length)
-    travel in one pipeline. A None generation means there was no token (a new one is set):
-    don't store under it, read the database."""
+def lookup(cache_key: tuple[Any, ...], *, queue_of: Callable[[list[Any]], str],
+           also: Callable[[Any, list[Any]], Any] | None = None,
+           ) -> tuple[bytes | None, list[Any] | None, int | None, tuple[list[Any], Any] | None]:
+    """(generation, cached row or None, depth of the row's queue or None, extra), in one Redis
+    round trip: on a hit the generation check, the queue-bound check (`queue_of(row)`'s length)
+    and the commands `also(pipeline, row)` adds (the key's rate-limit counts) travel in one
+    pipeline; `extra` is (the cached row those commands were for, what `also` returned) plus
+    their results, or None when no pipeline ran — even when the generation turns out stale,
+    the commands did run. A None generation means there was no token (a new one is set): don't
+    store under it, read the database."""
     client = dispatch.sync_redis()
     entry = _entries.get(cache_key)
+    extra = None
     if entry is not None and time.monotonic() - entry[1] <= TTL_S:
         pipe = client.pipeline(transaction=False)
         pipe.get(generation_key())
         pipe.llen(queue_of(entry[2]))
-        token, depth = pipe.execute()
+        tag = also(pipe, entry[2]) if also is not None else None
+        token, depth, *results = pipe.execute()
+        extra = (entry[2], (tag, results))
     else:
         token, depth, entry = client.get(generation_key()), None, None
     if token is None:
         client.set(generation_key(), uuid.uuid4().hex, nx=True)
-        return None, None, None
+        return None, None, None, extra
     if entry is None or entry[0] != token:
         _entries.pop(cache_key, None)
-        return token, None, None
-    return token, entry[2], depth
+        return token, None, None, extra
+    return token, entry[2], depth, extra
 
 
 def store(cache_key: tuple[Any, ...], generation: bytes | None, row: list[Any]) -> None:

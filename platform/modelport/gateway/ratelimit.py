@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -28,6 +29,12 @@ def _items(spec: str) -> list[RateLimitItem]:
     return parse_many(spec)
 
 
+def _refuse(item: RateLimitItem, api_key: ApiKey) -> Problem:
+    reset = _limiter().get_window_stats(item, str(api_key.pk)).reset_time
+    retry = max(1, int(reset - time.time() + 0.999))
+    return Problem(429, f"rate limit {item} exceeded for key {api_key.prefix}", headers={"Retry-After": str(retry)})
+
+
 def rate_limit_hit(*, api_key: ApiKey) -> None:
     """Count one request for `api_key`; 429 with Retry-After when a window is exhausted."""
     limiter = _limiter()
@@ -37,7 +44,24 @@ def rate_limit_hit(*, api_key: ApiKey) -> None:
         except redis.RedisError as exc:  # no broker: the call could not be served anyway
             raise Problem(503, f"the serving queue is unavailable: {exc}") from None
         if not allowed:
-            reset = limiter.get_window_stats(item, str(api_key.pk)).reset_time
-            retry = max(1, int(reset - time.time() + 0.999))
-            raise Problem(429, f"rate limit {item} exceeded for key {api_key.prefix}",
-                          headers={"Retry-After": str(retry)})
+            raise _refuse(item, api_key)
+
+
+def rate_limit_queue(pipe: Any, *, key_id: int, spec: str | None) -> list[RateLimitItem]:
+    """Add `rate_limit_hit`'s counts for key `key_id` to a Redis pipeline, so that they travel
+    with other commands (gateway/authcache.py): the very increments FixedWindowRateLimiter.hit
+    makes (the `limits` storage's own script and key names; EVAL, as a pipeline cannot load a
+    script). Check the results with `rate_limit_check`."""
+    storage = _limiter().storage
+    items = _items(spec or settings.MODELPORT_RATE_LIMIT)
+    for item in items:
+        pipe.eval(storage.lua_incr_expire.script, 1, storage.prefixed_key(item.key_for(str(key_id))),
+                  item.get_expiry(), 1)
+    return items
+
+
+def rate_limit_check(items: list[RateLimitItem], counts: list[Any], *, api_key: ApiKey) -> None:
+    """429 when a count from `rate_limit_queue` passed its window's limit."""
+    for item, count in zip(items, counts, strict=True):
+        if int(count) > item.amount:
+            raise _refuse(item, api_key)

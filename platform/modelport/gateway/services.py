@@ -24,7 +24,7 @@ from modelport.accounts.models import ApiKey
 from modelport.billing import services as billing
 from modelport.billing.models import CreditAccount
 from modelport.common.problems import Problem
-from modelport.gateway import authcache, dispatch, fastsql, webhooks
+from modelport.gateway import authcache, dispatch, fastsql, ratelimit, webhooks
 from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
@@ -73,8 +73,10 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         raise Problem(404, f"model {owner}/{name} has no version {number}")
     cache_key = (hash_key(raw_key), owner, name, number)
     try:
-        generation, row, queued = authcache.lookup(
-            cache_key, queue_of=lambda cached_row: dispatch.version_queue(cached_row[RESOLVED_VERSION_ID]))
+        generation, row, queued, counted = authcache.lookup(
+            cache_key, queue_of=lambda cached_row: dispatch.version_queue(cached_row[RESOLVED_VERSION_ID]),
+            also=lambda pipe, cached_row: ratelimit.rate_limit_queue(pipe, key_id=cached_row[0],
+                                                                     spec=cached_row[2]))
     except redis.RedisError as exc:
         raise Problem(503, f"the serving queue is unavailable: {exc}") from None
     cached = row is not None
@@ -103,6 +105,10 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         raise Problem(503, f"version {v_number} of {owner}/{name} is {v_status}, not ready")
     if v_disabled:
         raise Problem(503, f"version {v_number} of {owner}/{name} is disabled")
+    if counted is not None and counted[0][0] == key_id:  # this request was counted with the cache check
+        items, results = counted[1]
+        ratelimit.rate_limit_check(items, results, api_key=api_key)
+        api_key.rate_counted = True
     if not cached:
         authcache.store(cache_key, generation, row)  # only rows that resolve to a callable version
     model = Model(id=model_id, owner_id=owner_id, name=name, visibility=visibility, royalty_per_call=royalty,
