@@ -6,7 +6,9 @@ Runs, on this machine and loopback only:
 1. onnxruntime in-process (MLP 784-256-10, batch 1) — the floor;
 2. a minimal direct HTTP server around the same session (bench/direct_server.py);
 3. the full platform path (HTTP, API key, admission + hold, Redis data plane, serving worker,
-   onnxruntime, settlement) with the same model, at concurrency 1 and 32;
+   onnxruntime, settlement) with the same model and its default settings (dynamic batching on,
+   max_batch_size 8), at concurrency 1 and 32; one web process, or BENCH_WEB_WORKERS of them
+   (uvicorn --workers; as that many web containers would be);
 4. the same with metering switched off (bench-only setting) — metering's share (on/off runs
    alternate --pairs times (default 3); each figure is the mean of its runs);
 5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1 (alternating
@@ -240,9 +242,11 @@ def main() -> int:
                 while client.get(f"/api/v1/models/bench/{path}").json()["status"] not in ("ready", "failed"):
                     time.sleep(0.2)
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc",
-                            "UPDATE registry_modelversion SET max_batch_size = 1 WHERE number = 1;"
+                            "UPDATE registry_modelversion SET max_batch_size = 1 WHERE number = 1 AND model_id = "
+                            "(SELECT id FROM registry_model WHERE name = 'cnn');"
                             "UPDATE registry_modelversion SET max_batch_size = 16, max_queue_delay_ms = 2 "
-                            "WHERE number = 2;"], check=True)
+                            "WHERE number = 2 AND model_id = (SELECT id FROM registry_model WHERE name = 'cnn');"],
+                           check=True)
             platform.stop()
             headers = {**auth, "Prefer": "wait"}
             predict = f"{platform.url}/api/v1/models/bench/mlp/predictions"
@@ -310,6 +314,7 @@ def main() -> int:
         cells = [f"{c:5.2f} / {c * 1000 / results[label]['rps']:5.2f}" for c, label in zip(cores, runs_shown,
                                                                                          strict=True)]
         print(f"  {name:10}" + "".join(f"{cell:>26}" for cell in cells))
+    print(f"  web processes: {os.environ.get('BENCH_WEB_WORKERS', '1')} (BENCH_WEB_WORKERS)")
     print("  BentoML peer: not installed here (optional); FINDINGS measured it at p50 1.6-1.8 ms, 430-510 req/s.")
     return 0
 
