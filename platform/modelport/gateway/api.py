@@ -155,11 +155,12 @@ async def await_reply(prediction: Prediction, wait_s: float,
         return wire.unpack(item[1])
     if time.time() >= prediction.deadline_at.timestamp():
         message = "no worker answered before the deadline"
+        deadline_reply: dict[str, Any] = {"ok": False, "status": 503, "code": "deadline", "message": message}
         if deferred_row is not None and await sync_to_async(services.prediction_abandon, thread_sensitive=False)(
                 row=deferred_row, code="deadline", message=message):
-            return {"ok": False, "status": 503, "code": "deadline", "message": message}, []
+            return deadline_reply, []  # no worker had admitted it: recorded failed, nothing held
         failed = await sync_to_async(services.prediction_fail, thread_sensitive=False)(
-            prediction_id=prediction.id, code="deadline", message="no worker answered before the deadline")
+            prediction_id=prediction.id, code="deadline", message=message)
         if failed is None:  # the worker finished at the last moment: take its reply
             item = await client.blpop([dispatch.reply_key(prediction.id)], timeout=1)
             if item is not None:
@@ -168,8 +169,7 @@ async def await_reply(prediction: Prediction, wait_s: float,
             payload = await sync_to_async(services.prediction_unanswered, thread_sensitive=False)(
                 prediction_id=prediction.id, protocol=prediction.protocol)
             return payload, []
-        return {"ok": False, "status": 503, "code": "deadline",
-                "message": "no worker answered before the deadline"}, []
+        return deadline_reply, []
     return None
 
 

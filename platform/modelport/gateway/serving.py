@@ -73,8 +73,12 @@ class Call:
     header: dict[str, Any]
     tensors: list[tuple[str, np.ndarray]]
     popped: float
-    rows: int = 0
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        """Rows along the batch axis (the first input's first dimension)."""
+        return self.tensors[0][1].shape[0] if self.tensors else 1
 
 
 def _read_meminfo() -> tuple[int, int]:
@@ -276,7 +280,7 @@ class ServingLoop:
             return calls
         if not info.batchable or info.max_batch_size <= 1:
             return calls
-        rows = sum(c.tensors[0][1].shape[0] if c.tensors else 1 for c in calls)
+        rows = sum(c.rows for c in calls)
         deadline = time.monotonic() + info.max_queue_delay_s
         while rows < info.max_batch_size:
             # After BLMPOP a lone call means the list was empty: skip the LPOP round trip.
@@ -293,9 +297,8 @@ class ServingLoop:
                     break
                 frames = [item[1]]
             for raw in frames:
-                h, t = wire.unpack(raw)
-                calls.append(Call(h, t, time.time()))
-                rows += t[0][1].shape[0] if t else 1
+                calls.append(Call(*wire.unpack(raw), time.time()))
+                rows += calls[-1].rows
         return calls
 
     def _admit(self, calls: list[Call]) -> list[Call]:
@@ -405,21 +408,21 @@ class ServingLoop:
         each (a call larger than that runs alone); every call alone when batching is off."""
         if not info.batchable or info.max_batch_size <= 1:
             return [[c] for c in calls]
-        groups: dict[tuple[Any, ...], list[list[Call]]] = {}
+        chunks: list[list[Call]] = []
+        open_chunk: dict[tuple[Any, ...], tuple[list[Call], int]] = {}  # shape → (chunk, its rows)
         for call in calls:
             key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in call.tensors)
-            rows = call.tensors[0][1].shape[0] if call.tensors else 1
-            chunks = groups.setdefault(key, [[]])
-            if chunks[-1] and sum(c.tensors[0][1].shape[0] if c.tensors else 1 for c in chunks[-1]) + rows \
-                    > info.max_batch_size:
-                chunks.append([])
-            chunks[-1].append(call)
-        return [chunk for chunks in groups.values() for chunk in chunks]
+            chunk, rows = open_chunk.get(key, ([], 0))
+            if chunk and rows + call.rows > info.max_batch_size:
+                chunk, rows = [], 0
+            if not chunk:
+                chunks.append(chunk)
+            chunk.append(call)
+            open_chunk[key] = (chunk, rows + call.rows)
+        return chunks
 
     def _execute(self, model: LoadedModel, batch: list[Call], settled: list[Done]) -> None:
         started = time.time()
-        for call in batch:
-            call.rows = call.tensors[0][1].shape[0] if call.tensors else 1
         if len(batch) == 1:
             feeds = dict(batch[0].tensors)
         else:
@@ -491,19 +494,18 @@ class ServingLoop:
         completed_at = datetime.fromtimestamp(now, UTC)
         rows = []
         for d in done:
-            call, share_us, compute_us, batch_size, started = d.call, d.share_us, d.compute_us, d.batch_size, d.started
-            started_at = datetime.fromtimestamp(started, UTC)
-            header = call.header
+            header = d.call.header
             q = header["quote"]
             price = services.billing.Quote(hardware=self.cache.hardware, base=q["base"], per_second=q["per_second"],
-                                           royalty=0).price(share_us)
+                                           royalty=0).price(d.share_us)
             native = header.get("protocol") == "native"
             rows.append({
-                "id": header["id"], "price": price, "started_at": started_at, "completed_at": completed_at,
-                "output": services.outputs_to_json(call.outputs) if native else None,
-                "metrics": {"queue_ms": round((started - header["enqueued"]) * 1000.0, 3),
-                            "compute_ms": round(compute_us / 1000.0, 3),
-                            "total_ms": round((now - header["created"]) * 1000.0, 3), "batch_size": batch_size},
+                "id": header["id"], "price": price, "started_at": datetime.fromtimestamp(d.started, UTC),
+                "completed_at": completed_at,
+                "output": services.outputs_to_json(d.call.outputs) if native else None,
+                "metrics": {"queue_ms": round((d.started - header["enqueued"]) * 1000.0, 3),
+                            "compute_ms": round(d.compute_us / 1000.0, 3),
+                            "total_ms": round((now - header["created"]) * 1000.0, 3), "batch_size": d.batch_size},
             })
         charged_by_id = fastsql.settle_many(rows=rows, hardware=self.cache.hardware, worker=self.worker_id)
         self.served += len(done)
