@@ -378,3 +378,126 @@ def test_group_admission_takes_what_the_balance_covers(user_api, live, tmp_path)
         services.prediction_fail(prediction_id=pid, code="test", message="released")
     assert api.balance_micro() == 3_000_000
     assert drift("grouped") == 0
+
+
+def _served(fleet, proc) -> int:
+    """The worker's served count once its heartbeat has caught up (two equal readings)."""
+    last = None
+    for _ in range(40):
+        beat = next((b for b in fleet.serving_workers() if b["pid"] == proc.popen.pid), None)
+        if beat is not None and beat["served"] == last:
+            return last
+        last = beat["served"] if beat else None
+        time.sleep(0.6)
+    raise TimeoutError("no steady heartbeat")
+
+
+def test_postpaid_calls_are_admitted_by_their_settlement_and_a_drained_account_is_402_before_it_runs(
+        user_api, fleet, tmp_path):
+    """Once the worker has seen an account with ample balance, its next calls run before their
+    admission and one statement records each (a hold of its price and a settlement of 0 in the
+    ledger, charged once). An adjustment that drains the account makes the worker forget what it
+    saw: the next call is refused with 402 before it runs."""
+    from django.contrib.auth import get_user_model
+    from modelport.billing.models import LedgerEntry
+    from modelport.billing.services import credits_grant
+    from modelport.gateway.models import Prediction
+
+    api = user_api("postpaid")
+    ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    worker = fleet.start_worker("serve", serve=True)
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+    x = {"x": [[0.5] * 784]}
+    before = api.balance_micro()
+    ids = []
+    for _ in range(4):
+        resp = call(fleet.base_url, key, "postpaid/mlp", x)
+        assert resp.status_code == 200, resp.text
+        ids.append(resp.json()["id"])
+    rows = {p.id: p for p in Prediction.objects.filter(pk__in=ids)}
+    assert all(rows[i].status == "succeeded" and rows[i].charged > 0 for i in ids)
+    assert rows[ids[0]].hold_amount > rows[ids[0]].charged  # the first was admitted (held) before it ran
+    later = [rows[i] for i in ids[1:] if rows[i].hold_amount == rows[i].charged]
+    assert later, "no call ran postpaid"
+    for p in later:
+        entries = sorted(LedgerEntry.objects.filter(prediction_id=p.id).values_list("kind", "amount"))
+        assert entries == [("hold", -p.charged), ("settle", 0)]
+    assert api.balance_micro() == before - sum(p.charged for p in rows.values())
+    assert drift("postpaid") == 0
+
+    # Drain the account with an adjustment: the worker must not run the next call.
+    served = _served(fleet, worker)
+    user = get_user_model().objects.get(username="postpaid")
+    assert credits_grant(user=user, credits_micro=-api.balance_micro(), kind=LedgerEntry.Kind.ADJUSTMENT,
+                         memo="drained by the test")
+    resp = call(fleet.base_url, key, "postpaid/mlp", x)
+    assert resp.status_code == 402, resp.text
+    assert api.balance_micro() == 0
+    assert _served(fleet, worker) == served
+    assert Prediction.objects.filter(user=user).count() == len(ids)
+    assert drift("postpaid") == 0
+
+
+def test_record_many_never_takes_a_balance_below_zero(user_api, live, tmp_path):
+    """The postpaid statement (RECORD_MANY) itself: per account it records a group only when
+    the balance covers the group's charges; a row whose id exists is never recorded again."""
+    from django.utils import timezone
+    from modelport.gateway import fastsql, services
+    from modelport.gateway.models import Prediction
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("recorder", credits=3)
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    version = ModelVersion.objects.get(pk=vid)
+    account_id = services._account_id(version.model.owner_id)
+
+    def row() -> dict:
+        now = timezone.now()
+        base = fastsql.admission_row(Prediction(
+            user_id=version.model.owner_id, account_id=account_id, version=version, protocol="native",
+            quote={"hardware": "cpu", "base": 0, "per_second": 0, "royalty": 0}, hold_amount=2_000_000,
+            deadline_at=now, created_at=now))
+        return {**base, "status": "succeeded", "output": {"y": [[1.0, None]]}, "charged": 1_000_000,
+                "hold_amount": 1_000_000, "metrics": {"batch_size": 1}, "started_at": now, "completed_at": now}
+
+    balances: dict[int, int] = {}
+    first = [row() for _ in range(2)]
+    assert fastsql.record_many(first, balances=balances) == {r["id"]: 1_000_000 for r in first}
+    assert balances == {account_id: 1_000_000}
+    assert fastsql.record_many(first, balances=balances) == {}  # already recorded: not again
+    assert fastsql.record_many([row(), row()], balances=balances) == {}  # 2 asked, 1 left: refused whole
+    assert api.balance_micro() == 1_000_000
+    stored = Prediction.objects.get(pk=first[0]["id"])
+    assert stored.status == "succeeded" and stored.output == {"y": [[1.0, None]]}
+    assert Prediction.objects.filter(user__username="recorder").count() == 2
+    assert drift("recorder") == 0
+
+
+def test_non_finite_outputs_are_null_and_the_call_is_settled(user_api, fleet, tmp_path):
+    """JSON (and PostgreSQL's jsonb) has no NaN: a model that outputs NaN or infinity answers
+    null in those places, and the call is recorded and charged like any other."""
+    from modelport.gateway.models import Prediction
+
+    path = tmp_path / "sqrt.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Sqrt", ["x"], ["s"]), helper.make_node("Reciprocal", ["s"], ["y"])],
+        "sqrt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    api = user_api("nanny")
+    ready_model(api, "sqrt", path)
+    worker = fleet.start_worker("serve", serve=True)
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+    before = api.balance_micro()
+    for _ in range(3):  # the later calls also take the postpaid path
+        resp = call(fleet.base_url, key, "nanny/sqrt", {"x": [[4.0, -1.0, 0.0]]})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["output"] == {"y": [[0.5, None, None]]}
+        assert Prediction.objects.get(pk=body["id"]).output == {"y": [[0.5, None, None]]}
+    assert api.balance_micro() < before
+    assert drift("nanny") == 0

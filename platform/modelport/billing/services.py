@@ -100,6 +100,13 @@ def _apply(*, account_id: int, amount: int, kind: str, prediction: Prediction | 
     LedgerEntry.objects.create(
         account_id=account_id, kind=kind, amount=amount, prediction=prediction, memo=memo, created_by=created_by
     )
+    if amount < 0 and kind != LedgerEntry.Kind.HOLD:
+        # Serving workers admit some calls after running them when they recently saw ample
+        # balance (gateway/serving.py, postpaid); a decrease other than a call's own hold makes
+        # them forget what they saw, so the next call of a drained account gets 402 before it runs.
+        from modelport.gateway import authcache
+
+        authcache.invalidate_on_commit()
     return True
 
 

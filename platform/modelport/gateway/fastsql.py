@@ -79,7 +79,7 @@ WITH cfg AS (
 ), acc AS (
     UPDATE billing_creditaccount a SET balance = a.balance - need.total, updated_at = now()
     FROM need WHERE a.id = need.account_id AND a.balance >= need.total
-    RETURNING a.id
+    RETURNING a.id, a.balance
 ), pred AS (
     INSERT INTO gateway_prediction ({_COLUMNS})
     SELECT {_COLUMNS} FROM fresh WHERE fresh.account_id IN (SELECT id FROM acc)
@@ -90,7 +90,43 @@ WITH cfg AS (
     WHERE hold_amount > 0
     RETURNING id
 )
-SELECT pred.id FROM pred LEFT JOIN cfg ON true
+SELECT pred.id, pred.account_id, acc.balance FROM pred JOIN acc ON acc.id = pred.account_id LEFT JOIN cfg ON true
+"""
+
+# Admission and settlement in one statement, after the run, for calls whose account the serving
+# worker recently saw with ample headroom (see serving.py, "postpaid"): each row arrives
+# complete (status succeeded, output, metrics, charged = its price, hold_amount = charged); per
+# account the group is recorded only if the balance covers its total (never below zero), with
+# the same ledger shape as a held and settled call (a hold of the price, a settlement of 0).
+# Rows whose id exists (the web recorded the call failed at its deadline) are not recorded.
+RECORD_MANY = f"""
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), v AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v({_ROW_TYPES})
+), fresh AS (
+    SELECT v.* FROM v WHERE NOT EXISTS (SELECT 1 FROM gateway_prediction g WHERE g.id = v.id)
+), need AS (
+    SELECT account_id, sum(charged) AS total FROM fresh GROUP BY account_id
+), acc AS (
+    UPDATE billing_creditaccount a SET balance = a.balance - need.total, updated_at = now()
+    FROM need WHERE a.id = need.account_id AND a.balance >= need.total
+    RETURNING a.id, a.balance
+), pred AS (
+    INSERT INTO gateway_prediction ({_COLUMNS})
+    SELECT {_COLUMNS} FROM fresh WHERE fresh.account_id IN (SELECT id FROM acc)
+    RETURNING id, account_id, charged
+), led AS (
+    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
+    SELECT account_id, k.kind, CASE WHEN k.kind = '{LedgerEntry.Kind.HOLD}' THEN -charged ELSE 0 END, id,
+           CASE WHEN k.kind = '{LedgerEntry.Kind.HOLD}' THEN '' ELSE 'charged ' || charged || ' µc' END,
+           NULL, now()
+    FROM pred CROSS JOIN (VALUES ('{LedgerEntry.Kind.HOLD}'), ('{LedgerEntry.Kind.SETTLE}')) AS k(kind)
+    WHERE pred.charged > 0
+    RETURNING id
+)
+SELECT pred.id, pred.account_id, acc.balance, pred.charged
+FROM pred JOIN acc ON acc.id = pred.account_id LEFT JOIN cfg ON true
 """
 
 ABANDON = f"""
@@ -110,12 +146,37 @@ def admission_row(prediction: Prediction) -> dict[str, Any]:
     return row
 
 
-def admit_many(rows: list[dict[str, Any]]) -> set[str]:
-    """Admit (insert + hold) the calls of `rows`; returns the ids admitted. Raises
-    IntegrityError when a row's id was inserted concurrently (see ADMIT_MANY)."""
+def admit_many(rows: list[dict[str, Any]], *, balances: dict[int, int] | None = None) -> set[str]:
+    """Admit (insert + hold) the calls of `rows`; returns the ids admitted and puts each
+    admitting account's balance after it into `balances`. Raises IntegrityError when a row's id
+    was inserted concurrently (see ADMIT_MANY)."""
     with connection.cursor() as cursor:
         cursor.execute(ADMIT_MANY, [json.dumps(rows)])
-        return {pid for (pid,) in cursor.fetchall()}
+        admitted = set()
+        for pid, account_id, balance in cursor.fetchall():
+            admitted.add(pid)
+            if balances is not None:
+                balances[account_id] = int(balance)
+        return admitted
+
+
+def record_many(rows: list[dict[str, Any]], *, balances: dict[int, int]) -> dict[str, int]:
+    """Record finished calls that were never admitted (RECORD_MANY): {id: charged} of the rows
+    recorded; each recording account's balance after it goes into `balances`. Raises
+    IntegrityError when a row's id was inserted concurrently (the web's abandon)."""
+    with connection.cursor() as cursor:
+        cursor.execute(RECORD_MANY, [json.dumps(rows, default=_json_default)])
+        charged = {}
+        for pid, account_id, balance, amount in cursor.fetchall():
+            charged[pid] = int(amount)
+            balances[account_id] = int(balance)
+        return charged
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def refusal_facts(*, prediction_id: str, account_id: int) -> tuple[int, bool]:

@@ -348,7 +348,17 @@ def predictions_reap(*, grace_s: float = 5.0) -> int:
 
 
 def outputs_to_json(outputs: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
-    return {name: arr.tolist() for name, arr in outputs}
+    """Outputs as JSON values. JSON has no NaN or infinity (and PostgreSQL's jsonb refuses
+    them): a non-finite float becomes null, in the stored row and in the response alike."""
+    out = {}
+    for name, arr in outputs:
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            obj = arr.astype(object)
+            obj[~np.isfinite(arr)] = None
+            out[name] = obj.tolist()
+        else:
+            out[name] = arr.tolist()
+    return out
 
 
 def prediction_json(*, pid: str, model: str, version: int, status: str, output: Any, error: Any,

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections
 
 from modelport.common.logging import request_id_bound
-from modelport.gateway import dispatch, fastsql, services
+from modelport.gateway import authcache, dispatch, fastsql, services
 from modelport.ops import metrics
 from modelport.registry.models import ModelVersion
 from modelport.registry.storage import artifact_store
@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 BACKLOG_TO_SCALE = 4  # queued calls on a version's list that make an idle worker load it too
 GROUP_MAX = 16  # calls popped at once from one list (admitted and settled in one statement each)
 FLUSH_S = 0.005  # within a popped group, settle and reply at least this often (long-running models)
+# Postpaid admission: a deferred call whose account this worker saw, within BALANCE_VIEW_S, with
+# at least POSTPAID_HEADROOM times the holds of its popped group runs without a prior admission
+# statement; it is admitted and settled in one statement after the run (fastsql.RECORD_MANY).
+POSTPAID_HEADROOM = 64
+BALANCE_VIEW_S = 2.0
 
 
 @dataclass
@@ -74,6 +79,7 @@ class Call:
     tensors: list[tuple[str, np.ndarray]]
     popped: float
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    postpaid: bool = False  # runs before its admission, which its settlement statement does
 
     @property
     def rows(self) -> int:
@@ -125,6 +131,11 @@ class ServingLoop:
         self._backlog_seen: dict[int, int] = {}
         self.disabled: set[int] = set()
         self.multi_pop: bool | None = None  # BLMPOP available (Redis 7); probed on first pop
+        # Account balances as this worker's admission and settlement statements last returned
+        # them (account id → (balance µc, monotonic time)); cleared when the admission token
+        # changes (authcache's generation: any ledger adjustment that lowers a balance sets it).
+        self.balances: dict[int, tuple[int, float]] = {}
+        self.admission_token: bytes | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -255,15 +266,24 @@ class ServingLoop:
         (the embedded Redis of `make run`)."""
         if self.multi_pop is None:
             self.multi_pop = int(str(self.redis.info("server").get("redis_version", "0")).split(".")[0]) >= 7
+        # The admission token is read in the same round trip, right after the pop returns.
+        pipe = self.redis.pipeline(transaction=False)
         if self.multi_pop:
-            try:
-                got = self.redis.blmpop(1, len(queues), *queues, direction="LEFT", count=GROUP_MAX)
-            except redis.ResponseError:  # a server without BLMPOP after all
-                self.multi_pop = False
-                return None
-            return None if got is None else (got[0].decode(), got[1])
-        item = self.redis.blpop(queues, timeout=1)
-        return None if item is None else (item[0].decode(), [item[1]])
+            pipe.blmpop(1, len(queues), *queues, direction="LEFT", count=GROUP_MAX)
+        else:
+            pipe.blpop(queues, timeout=1)
+        pipe.get(authcache.generation_key())
+        try:
+            got, token = pipe.execute()
+        except redis.ResponseError:  # a server without BLMPOP after all
+            self.multi_pop = False
+            return None
+        if token != self.admission_token:
+            self.balances.clear()
+            self.admission_token = token
+        if got is None:
+            return None
+        return (got[0].decode(), got[1]) if self.multi_pop else (got[0].decode(), [got[1]])
 
     def _collect(self, queue: str, frames: list[bytes]) -> list[Call]:
         """The popped calls plus, for a batchable version's own list, more calls of it that
@@ -309,24 +329,54 @@ class ServingLoop:
         deferred = [c for c in calls if "admit" in c.header]
         if not deferred:
             return calls
+        self._mark_postpaid(deferred)
+        deferred = [c for c in deferred if not c.postpaid]
+        if not deferred:
+            return calls
+        balances: dict[int, int] = {}
         try:
-            admitted = fastsql.admit_many([c.header["admit"] for c in deferred])
+            admitted = fastsql.admit_many([c.header["admit"] for c in deferred], balances=balances)
         except IntegrityError:  # raced the web's abandon(): go call by call
             admitted = set()
         refused = [c for c in deferred if c.header["id"] not in admitted]
         if len(deferred) > 1:
             for call in refused:
                 try:
-                    admitted |= fastsql.admit_many([call.header["admit"]])
+                    admitted |= fastsql.admit_many([call.header["admit"]], balances=balances)
                 except IntegrityError:
                     pass
+        self._saw_balances(balances)
         kept = []
         for call in calls:
-            if "admit" not in call.header or call.header["id"] in admitted:
+            if "admit" not in call.header or call.postpaid or call.header["id"] in admitted:
                 kept.append(call)
             else:
                 self._refuse(call)
         return kept
+
+    def _mark_postpaid(self, deferred: list[Call]) -> None:
+        """Mark the calls that may run before their admission: those of accounts this worker saw
+        recently with at least POSTPAID_HEADROOM times the group's holds. Their settlement
+        statement admits them (never below zero: a group its account cannot cover then is
+        refused with 402 and not charged); every other call is admitted before it runs, so an
+        account near empty always gets its 402 before anything runs."""
+        if not fastsql.available():
+            return
+        holds: dict[int, int] = {}
+        for call in deferred:
+            row = call.header["admit"]
+            holds[row["account_id"]] = holds.get(row["account_id"], 0) + int(row["hold_amount"])
+        now = time.monotonic()
+        for call in deferred:
+            account_id = call.header["admit"]["account_id"]
+            seen = self.balances.get(account_id)
+            call.postpaid = (seen is not None and now - seen[1] <= BALANCE_VIEW_S
+                             and seen[0] >= POSTPAID_HEADROOM * holds[account_id])
+
+    def _saw_balances(self, balances: dict[int, int]) -> None:
+        now = time.monotonic()
+        for account_id, balance in balances.items():
+            self.balances[account_id] = (balance, now)
 
     def _refuse(self, call: Call) -> None:
         row = call.header["admit"]
@@ -365,7 +415,10 @@ class ServingLoop:
     def _fail(self, call: Call, *, code: str, message: str, http_status: int) -> None:
         with request_id_bound(call.header.get("request_id")):
             log.info("call %s failed: %s (%s)", call.header["id"], code, message)
-            services.prediction_fail(prediction_id=call.header["id"], code=code, message=message)
+            if call.postpaid:  # never admitted: recorded failed, nothing held (unless the web did)
+                services.prediction_abandon(row=call.header["admit"], code=code, message=message)
+            else:
+                services.prediction_fail(prediction_id=call.header["id"], code=code, message=message)
             metrics.record_failure(model=str(call.header.get("model", "")), version=call.header["version_id"],
                                    reason=code)
             self._reply(call.header, {"ok": False, "status": http_status, "code": code, "message": message})
@@ -507,11 +560,17 @@ class ServingLoop:
                             "compute_ms": round(d.compute_us / 1000.0, 3),
                             "total_ms": round((now - header["created"]) * 1000.0, 3), "batch_size": d.batch_size},
             })
-        charged_by_id = fastsql.settle_many(rows=rows, hardware=self.cache.hardware, worker=self.worker_id)
+        held = [row for d, row in zip(done, rows, strict=True) if not d.call.postpaid]
+        charged_by_id = fastsql.settle_many(rows=held, hardware=self.cache.hardware, worker=self.worker_id) \
+            if held else {}
+        refused = self._record([(d, row) for d, row in zip(done, rows, strict=True) if d.call.postpaid],
+                               charged_by_id)
         self.served += len(done)
         pipe = self.redis.pipeline(transaction=False)
         for d, row in zip(done, rows, strict=True):
             header = d.call.header
+            if header["id"] in refused:
+                continue
             with request_id_bound(header.get("request_id")):
                 log.info("call %s served: batch %d, compute %d us", header["id"], d.batch_size, d.compute_us)
             charged = charged_by_id.get(header["id"])
@@ -531,3 +590,35 @@ class ServingLoop:
             pipe.rpush(header["reply"], wire.pack(payload, tensors))
             pipe.expire(header["reply"], dispatch.REPLY_TTL_S)
         pipe.execute()
+
+    def _record(self, done: list[tuple[Done, dict[str, Any]]], charged_by_id: dict[str, int]) -> set[str]:
+        """Admit and settle postpaid calls in one statement (fastsql.RECORD_MANY), adding what
+        each was charged to `charged_by_id`. Calls it could not record are answered here (402,
+        or 503 when the web already recorded them failed) and returned."""
+        if not done:
+            return set()
+        full = {}
+        for d, row in done:
+            admit = d.call.header["admit"]
+            charged = min(row["price"], int(admit["hold_amount"]))
+            full[admit["id"]] = {
+                **admit, "status": "succeeded", "output": row["output"], "metrics": row["metrics"],
+                "hardware": self.cache.hardware, "worker": self.worker_id, "started_at": row["started_at"],
+                "completed_at": row["completed_at"], "charged": charged, "hold_amount": charged, "royalty": 0}
+        balances: dict[int, int] = {}
+        try:
+            charged_by_id.update(fastsql.record_many(list(full.values()), balances=balances))
+        except IntegrityError:  # raced the web's abandon(): go call by call
+            for row in full.values():
+                try:
+                    charged_by_id.update(fastsql.record_many([row], balances=balances))
+                except IntegrityError:
+                    pass
+        refused = set()
+        for d, _ in done:
+            if d.call.header["id"] not in charged_by_id:
+                refused.add(d.call.header["id"])
+                self.balances.pop(d.call.header["admit"]["account_id"], None)  # admit first from now on
+                self._refuse(d.call)
+        self._saw_balances(balances)
+        return refused
