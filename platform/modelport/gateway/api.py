@@ -125,10 +125,10 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     return admission, arrays, data, wait
 
 
-async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: str,
-                        tensors: list[tuple[str, Any]], model_label: str = "", version_number: int = 0,
-                        admit_row: dict[str, Any] | None = None) -> None:
-    client = redis_client()
+async def _frame(client: aioredis.Redis, *, prediction: Prediction, version_id: int, protocol: str,
+                 tensors: list[tuple[str, Any]], model_label: str, version_number: int,
+                 admit_row: dict[str, Any] | None) -> tuple[str, bytes]:
+    """(the list a call goes to, its data-plane frame)."""
     if _router.needs_refresh():
         _router.refresh(await client.hgetall(dispatch.workers_key()))
     header = {
@@ -140,17 +140,47 @@ async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: st
     }
     if admit_row is not None:
         header["admit"] = admit_row
-    await client.rpush(_router.queue_for(version_id), wire.pack(header, tensors))
+    return _router.queue_for(version_id), wire.pack(header, tensors)
 
 
-async def await_reply(prediction: Prediction, wait_s: float,
-                      deferred_row: dict[str, Any] | None = None) -> tuple[dict[str, Any], list] | None:
-    """The worker's reply, or None if `wait_s` passed first. After the call's own deadline has
-    passed the call is failed here (hold released), and the reply says so."""
+async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: str,
+                        tensors: list[tuple[str, Any]], model_label: str = "", version_number: int = 0,
+                        admit_row: dict[str, Any] | None = None) -> None:
     client = redis_client()
-    remaining_deadline = prediction.deadline_at.timestamp() - time.time()
-    timeout = max(min(wait_s, remaining_deadline), 0.01)
-    item = await client.blpop([dispatch.reply_key(prediction.id)], timeout=timeout)
+    queue, frame = await _frame(client, prediction=prediction, version_id=version_id, protocol=protocol,
+                                tensors=tensors, model_label=model_label, version_number=version_number,
+                                admit_row=admit_row)
+    await client.rpush(queue, frame)
+
+
+async def call_and_wait(*, prediction: Prediction, version_id: int, protocol: str, tensors: list[tuple[str, Any]],
+                        model_label: str, version_number: int, admit_row: dict[str, Any] | None,
+                        wait_s: float) -> tuple[dict[str, Any], list] | None:
+    """Send a call and wait up to `wait_s` for its reply, in one Redis round trip: the frame's RPUSH and the reply's
+    BLPOP travel in one pipeline (Redis runs the BLPOP on that connection right after the push).
+    Should the push itself fail on a live connection (e.g. Redis out of memory), the wait runs
+    to its end and the call ends as at its deadline, uncharged."""
+    client = redis_client()
+    queue, frame = await _frame(client, prediction=prediction, version_id=version_id, protocol=protocol,
+                                tensors=tensors, model_label=model_label, version_number=version_number,
+                                admit_row=admit_row)
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(queue, frame)
+    pipe.blpop([dispatch.reply_key(prediction.id)], timeout=_reply_timeout(prediction, wait_s))
+    _, item = await pipe.execute()
+    return await _after_wait(prediction, item, deferred_row=admit_row)
+
+
+def _reply_timeout(prediction: Prediction, wait_s: float) -> float:
+    return max(min(wait_s, prediction.deadline_at.timestamp() - time.time()), 0.01)
+
+
+async def _after_wait(prediction: Prediction, item: Any, *,
+                      deferred_row: dict[str, Any] | None) -> tuple[dict[str, Any], list] | None:
+    """The worker's reply from the BLPOP's `item`, or None when the wait passed first (None
+    item) and the call's deadline has not. After the call's own deadline the call is failed
+    here (hold released, or recorded failed when no worker admitted it), and the reply says so."""
+    client = redis_client()
     if item is not None:
         return wire.unpack(item[1])
     if time.time() >= prediction.deadline_at.timestamp():
@@ -201,17 +231,17 @@ async def prediction_create(request: HttpRequest, owner: str, name: str, number:
     if existing is not None:
         return JsonResponse(existing, status=200 if prediction.status in Prediction.TERMINAL else 202)
     deferred = admission.deferred_row
-    try:
-        await dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="native", tensors=arrays,
-                            model_label=f"{owner}/{name}", version_number=admission.version.number,
-                            admit_row=deferred)
-    except aioredis.RedisError as exc:
-        return await _lost_broker(prediction, exc, deferred)
+    route = {"prediction": prediction, "version_id": admission.version.pk, "protocol": "native", "tensors": arrays,
+             "model_label": f"{owner}/{name}", "version_number": admission.version.number, "admit_row": deferred}
     if wait is None:
+        try:
+            await dispatch_call(**route)
+        except aioredis.RedisError as exc:
+            return await _lost_broker(prediction, exc, deferred)
         data = await sync_to_async(services.prediction_data, thread_sensitive=False)(prediction)
         return JsonResponse(data, status=201)
     try:
-        reply = await await_reply(prediction, wait, deferred)
+        reply = await call_and_wait(**route, wait_s=wait)
     except aioredis.RedisError as exc:
         return await _lost_broker(prediction, exc, deferred)
     if reply is None:

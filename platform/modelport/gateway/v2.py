@@ -157,11 +157,10 @@ async def infer(request: HttpRequest, owner: str, name: str, number: int | None 
     prediction: Prediction = admission.prediction
     deferred = admission.deferred_row
     try:
-        await api.dispatch_call(prediction=prediction, version_id=admission.version.pk, protocol="v2",
-                                tensors=arrays, model_label=f"{owner}/{name}",
-                                version_number=admission.version.number, admit_row=deferred)
-        reply = await api.await_reply(prediction, wait_s=float(settings.MODELPORT_CALL_DEADLINE_S),
-                                      deferred_row=deferred)
+        reply = await api.call_and_wait(prediction=prediction, version_id=admission.version.pk, protocol="v2",
+                                        tensors=arrays, model_label=f"{owner}/{name}",
+                                        version_number=admission.version.number, admit_row=deferred,
+                                        wait_s=float(settings.MODELPORT_CALL_DEADLINE_S))
     except aioredis.RedisError as exc:
         await api.call_lost(prediction, exc, deferred)
         return error(503, "the serving queue is unavailable; nothing was charged")
