@@ -4,7 +4,10 @@
 
 Runs, on this machine and loopback only:
 1. onnxruntime in-process (MLP 784-256-10, batch 1) — the floor;
-2. a minimal direct HTTP server around the same session (bench/direct_server.py);
+2. a minimal direct HTTP server around the same session (bench/direct_server.py), and, when
+   BENCH_BENTOML_PYTHON names a Python with bentoml, onnxruntime and numpy (a virtualenv of its
+   own), BentoML serving the same model (bench/bentoml_service.py) at concurrency 1 and 32 —
+   the peer the serving goals are stated against;
 3. the full platform path (HTTP, API key, admission + hold, Redis data plane, serving worker,
    onnxruntime, settlement) with the same model and its default settings (dynamic batching on,
    max_batch_size 8), at concurrency 1 and 32; one web process, or BENCH_WEB_WORKERS of them
@@ -107,6 +110,26 @@ def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> float
             session.run(None, {"x": x})
         per_sample[size] = (time.perf_counter() - t0) / (runs * size)
     return per_sample[1] / per_sample[batch]
+
+
+def bentoml_peer(python: str, model: Path, body: dict, *, duration: int) -> dict[str, dict]:
+    """The same model behind BentoML (bench/bentoml_service.py), run by `python` (a separate
+    virtualenv with bentoml, onnxruntime and numpy: BentoML pins its own web stack)."""
+    import httpx
+
+    port = stk.free_port()
+    env = {**os.environ, "BENCH_MODEL": str(model), "BENTOML_DO_NOT_TRACK": "true"}
+    proc = stk.start("bench-bentoml", [python, "-m", "bentoml", "serve", "bentoml_service:MLP", "--working-dir",
+                                       str(REPO / "bench"), "--host", "127.0.0.1", "--port", str(port)], env)
+    try:
+        stk.wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        url = f"http://127.0.0.1:{port}/predict"
+        for _ in range(50):
+            httpx.post(url, json=body, timeout=30)
+        return {"BentoML c=1": wrk(url, body, connections=1, duration=duration),
+                "BentoML c=32": wrk(url, body, connections=32, duration=duration)}
+    finally:
+        proc.stop()
 
 
 def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
@@ -220,6 +243,9 @@ def main() -> int:
             results["direct HTTP c=32"] = wrk(f"http://127.0.0.1:{port}/", body, connections=32, duration=d)
         finally:
             direct.stop()
+        bento_python = os.environ.get("BENCH_BENTOML_PYTHON")
+        if bento_python:
+            results.update(bentoml_peer(bento_python, mlp, {"x": x.tolist()}, duration=d))
 
         db = f"modelport_bench_{os.getpid()}"
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
@@ -302,6 +328,10 @@ def main() -> int:
     print(f"  platform req/s / direct HTTP req/s (c=32)     {p32['rps'] / results['direct HTTP c=32']['rps']:.2f}")
     print(f"  metering share of p50 (c=1)                   {1 - off['p50_ms'] / p['p50_ms']:+.1%}   (goal <= 10%)")
     print(f"  metering share of throughput (c=32)           {1 - p32['rps'] / off32['rps']:+.1%}   (goal <= 10%)")
+    if "BentoML c=1" in results:
+        bento_1, bento_32 = results["BentoML c=1"], results["BentoML c=32"]
+        print(f"  platform p50 / BentoML p50 (c=1)              {p['p50_ms'] / bento_1['p50_ms']:.2f}   (goal <= 1)")
+        print(f"  platform req/s / BentoML req/s (c=32)         {p32['rps'] / bento_32['rps']:.2f}   (goal >= 1.5)")
     print(f"  CNN batched / unbatched req/s (c=32)          "
           f"{results['CNN batched c=32']['rps'] / results['CNN unbatched c=32']['rps']:.2f}   (goal >= 1.2)")
     print(f"  CNN in-process per-sample, batch 1 / batch 16 "
@@ -315,7 +345,9 @@ def main() -> int:
                                                                                          strict=True)]
         print(f"  {name:10}" + "".join(f"{cell:>26}" for cell in cells))
     print(f"  web processes: {os.environ.get('BENCH_WEB_WORKERS', '1')} (BENCH_WEB_WORKERS)")
-    print("  BentoML peer: not installed here (optional); FINDINGS measured it at p50 1.6-1.8 ms, 430-510 req/s.")
+    if "BentoML c=1" not in results:
+        print("  BentoML peer: not run (set BENCH_BENTOML_PYTHON to a Python with bentoml, onnxruntime, numpy);"
+              " FINDINGS measured it at p50 1.6-1.8 ms, 430-510 req/s.")
     return 0
 
 
