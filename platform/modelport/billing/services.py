@@ -73,6 +73,14 @@ PRICE_CACHE_S = 2.0
 _price_cache: dict[str, tuple[float, int, int]] = {}
 
 
+def quote_cached(*, hardware: str = HardwareClass.CPU, royalty: int = 0) -> Quote | None:
+    """`quote_for` from the process's price cache only (None when it would read the database)."""
+    cached = _price_cache.get(hardware)
+    if cached is None or time.monotonic() - cached[0] >= PRICE_CACHE_S:
+        return None
+    return Quote(hardware=hardware, base=cached[1], per_second=cached[2], royalty=royalty)
+
+
 def quote_for(*, hardware: str = HardwareClass.CPU, royalty: int = 0) -> Quote:
     """Prices for a new call. The sheet is cached per process for PRICE_CACHE_S seconds, so a
     staff edit reaches new calls within that time (admitted calls keep the prices they got)."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -25,10 +27,11 @@ from modelport.accounts.models import ApiKey
 from modelport.accounts.services import api_key_authenticate, bearer_token
 from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem, problem_response
-from modelport.gateway import dispatch, fastsql, services, webhooks
+from modelport.gateway import authcache, dispatch, fastsql, ratelimit, services, webhooks
 from modelport.gateway.models import Prediction
 from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.tensors import inputs_from_json, loads_strict
+from modelport.ops import metrics
 from workers import wire
 
 log = logging.getLogger(__name__)
@@ -78,26 +81,35 @@ def authenticate(request: HttpRequest) -> tuple[Any, ApiKey | None]:
     return key.user, key
 
 
-def resolve(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ApiKey | None, Any]:
-    """(user, api key, version) of a call: auth, rate limit, model access, version state."""
+def resolve(request: HttpRequest, owner: str, name: str, number: int | None,
+            local_only: bool = False) -> tuple[Any, ApiKey | None, Any]:
+    """(user, api key, version) of a call: auth, rate limit, model access, version state.
+    `local_only`: from the process's resolution cache, no I/O, rate limit not counted (see
+    services.resolve_call_fast); NeedsIO when that is not possible."""
     header = request.META.get("HTTP_AUTHORIZATION")
     token = bearer_token(header) if header else None
     if token is not None and fastsql.available():
-        user, api_key, version = services.resolve_call_fast(raw_key=token, owner=owner, name=name, number=number)
-        if not getattr(api_key, "rate_counted", False):  # not counted with the cache check
+        user, api_key, version = services.resolve_call_fast(raw_key=token, owner=owner, name=name, number=number,
+                                                            local_only=local_only)
+        if not local_only and not getattr(api_key, "rate_counted", False):  # not counted with the cache check
             rate_limit_hit(api_key=api_key)
         return user, api_key, version
+    if local_only:
+        raise services.NeedsIO("no API key or not PostgreSQL")
     user, key = authenticate(request)
     if key is not None:
         rate_limit_hit(api_key=key)
     return user, key, services.version_resolve(user=user, owner=owner, name=name, number=number)
 
 
-def _admit_native(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ...]:
-    """Everything before dispatch, in one thread hop: auth, lookup, input checks, hold."""
-    close_old_connections()
+def _admit_native(request: HttpRequest, owner: str, name: str, number: int | None,
+                  local_only: bool = False) -> tuple[Any, ...]:
+    """Everything before dispatch, in one thread hop: auth, lookup, input checks, hold. With
+    `local_only` (on the event loop; see admit_on_loop) the same without any I/O."""
+    if not local_only:
+        close_old_connections()
     length = int(request.META.get("CONTENT_LENGTH") or 0)
-    user, api_key, version = resolve(request, owner, name, number)
+    user, api_key, version = resolve(request, owner, name, number, local_only)
     if length > settings.MODELPORT_MAX_REQUEST_BYTES:
         raise Problem(413, f"request body exceeds {settings.MODELPORT_MAX_REQUEST_BYTES} bytes")
     try:
@@ -108,6 +120,8 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
         raise Problem(400, "the body must be an object with an 'input' object", errors={"input": ["required"]})
     arrays = inputs_from_json(version.signature, body["input"], max_elements=settings.MODELPORT_MAX_TENSOR_ELEMENTS)
     deadline_s = services.call_deadline_s(request.headers.get("Modelport-Deadline-Ms"))
+    if local_only and (body.get("webhook") is not None or body.get("webhook_events_filter") is not None):
+        raise services.NeedsIO("webhook calls are admitted by the web")
     webhook, events = webhooks.check_request(webhook=body.get("webhook"), events=body.get("webhook_events_filter"))
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (0 < len(idem) <= 200):
@@ -119,10 +133,54 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
         webhook=webhook, webhook_events=events,
         # Deferred only when the caller waits out the whole deadline: a shorter wait answers 202
         # with a prediction that must already exist.
-        defer=wait is not None and wait >= deadline_s,
+        defer=wait is not None and wait >= deadline_s, local_only=local_only,
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None
     return admission, arrays, data, wait
+
+
+@dataclass
+class Guard:
+    """What dispatch.ENQUEUE checks for a call admitted from the process's caches alone."""
+    generation: bytes
+    max_queue: int
+    api_key: ApiKey
+    items: list[Any]
+    keys: list[str]
+    args: list[int]
+
+
+class Stale(Exception):
+    """The resolution generation changed since the cached row was read: nothing was sent."""
+
+
+def admit_on_loop(admit: Any, request: HttpRequest, owner: str, name: str,
+                   number: int | None) -> tuple[tuple[Any, ...], Guard] | None:
+    """`admit(…, local_only=True)` run on the event loop — no thread hop — when the call's
+    resolution is cached, its inputs are valid and it can be admitted by the serving worker
+    (services.prediction_admit's `defer`); else None, and the caller takes the thread path,
+    which counts the rate limit and reports any problem in the usual order."""
+    try:
+        admitted = admit(request, owner, name, number, local_only=True)
+    except (services.NeedsIO, Problem, SynchronousOnlyOperation):
+        return None
+    admission = admitted[0]
+    version = admission.version
+    items, keys, args = ratelimit.rate_limit_keys(key_id=admission.prediction.api_key_id,
+                                                  spec=admission.prediction.api_key.rate_limit)
+    return admitted, Guard(generation=version.generation, max_queue=version.max_queue,
+                           api_key=admission.prediction.api_key, items=items, keys=keys, args=args)
+
+
+async def _refused(marker: str, guard: Guard) -> Problem:
+    """The problem a dispatch.ENQUEUE refusal marker stands for (Stale for '!stale')."""
+    kind, _, detail = marker.partition(":")
+    if kind == "!stale":
+        raise Stale()
+    if kind == "!rate":
+        return await sync_to_async(ratelimit.rate_limit_refusal, thread_sensitive=False)(
+            guard.items[int(detail)], guard.api_key)
+    return Problem(429, f"{detail} calls are already waiting for this model; retry later", headers={"Retry-After": "1"})
 
 
 async def _frame(client: aioredis.Redis, *, prediction: Prediction, version_id: int, protocol: str,
@@ -155,7 +213,7 @@ async def dispatch_call(*, prediction: Prediction, version_id: int, protocol: st
 
 async def call_and_wait(*, prediction: Prediction, version_id: int, protocol: str, tensors: list[tuple[str, Any]],
                         model_label: str, version_number: int, admit_row: dict[str, Any] | None,
-                        wait_s: float) -> tuple[dict[str, Any], list] | None:
+                        wait_s: float, guard: Guard | None = None) -> tuple[dict[str, Any], list] | None:
     """Send a call and wait up to `wait_s` for its reply, in one Redis round trip: the frame's RPUSH and the reply's
     BLPOP travel in one pipeline (Redis runs the BLPOP on that connection right after the push).
     Should the push itself fail on a live connection (e.g. Redis out of memory), the wait runs
@@ -164,10 +222,17 @@ async def call_and_wait(*, prediction: Prediction, version_id: int, protocol: st
     queue, frame = await _frame(client, prediction=prediction, version_id=version_id, protocol=protocol,
                                 tensors=tensors, model_label=model_label, version_number=version_number,
                                 admit_row=admit_row)
+    reply = dispatch.reply_key(prediction.id)
     pipe = client.pipeline(transaction=False)
-    pipe.rpush(queue, frame)
-    pipe.blpop([dispatch.reply_key(prediction.id)], timeout=_reply_timeout(prediction, wait_s))
-    _, item = await pipe.execute()
+    if guard is None:
+        pipe.rpush(queue, frame)
+    else:  # a resolution from the process's cache: the script checks it and refuses, or sends
+        pipe.eval(dispatch.ENQUEUE, 3 + len(guard.keys), authcache.generation_key(), queue, reply, *guard.keys,
+                  guard.generation, guard.max_queue, frame, dispatch.REPLY_TTL_S, *guard.args)
+    pipe.blpop([reply], timeout=_reply_timeout(prediction, wait_s))
+    sent, item = await pipe.execute()
+    if guard is not None and sent != b"ok":
+        raise await _refused(sent.decode(), guard)
     return await _after_wait(prediction, item, deferred_row=admit_row)
 
 
@@ -222,6 +287,25 @@ async def _lost_broker(prediction: Prediction, exc: Exception, deferred_row: dic
 async def prediction_create(request: HttpRequest, owner: str, name: str, number: int | None = None) -> HttpResponse:
     if request.method != "POST":
         return problem_response(Problem(405, "use POST"))
+    on_loop = admit_on_loop(_admit_native, request, owner, name, number)
+    if on_loop is not None:
+        (admission, arrays, _, wait), guard = on_loop
+        try:
+            reply = await call_and_wait(
+                prediction=admission.prediction, version_id=admission.version.pk, protocol="native", tensors=arrays,
+                model_label=f"{owner}/{name}", version_number=admission.version.number,
+                admit_row=admission.deferred_row, wait_s=wait, guard=guard)
+        except Stale:  # the cached resolution is out of date: the ordinary path reads it again
+            pass
+        except Problem as problem:
+            metrics.call_admissions.labels("cache").inc()
+            return problem_response(problem)
+        except aioredis.RedisError as exc:
+            return await _lost_broker(admission.prediction, exc, admission.deferred_row)
+        else:
+            metrics.call_admissions.labels("cache").inc()
+            return _native_reply(admission.prediction, reply)
+    metrics.call_admissions.labels("thread").inc()
     try:
         admission, arrays, existing, wait = await sync_to_async(_admit_native, thread_sensitive=False)(
             request, owner, name, number)
@@ -247,6 +331,13 @@ async def prediction_create(request: HttpRequest, owner: str, name: str, number:
     if reply is None:
         data = await sync_to_async(services.prediction_data, thread_sensitive=False)(prediction)
         return JsonResponse(data, status=202)
+    return _native_reply(prediction, reply)
+
+
+def _native_reply(prediction: Prediction, reply: tuple[dict[str, Any], list] | None) -> HttpResponse:
+    """The response for a worker's reply to a native call that waited out its deadline."""
+    if reply is None:  # cannot happen: the wait covers the whole deadline
+        return problem_response(Problem(503, "no worker answered before the deadline", prediction_id=prediction.id))
     payload, _ = reply
     if payload["ok"]:
         return HttpResponse(orjson.dumps(payload["prediction"]), status=200, content_type="application/json",

@@ -80,6 +80,15 @@ def lookup(cache_key: tuple[Any, ...], *, queue_of: Callable[[list[Any]], str],
     return token, entry[2], depth, extra
 
 
+def peek(cache_key: tuple[Any, ...]) -> tuple[bytes, list[Any]] | None:
+    """(generation, row) of a fresh local entry, without asking Redis: the caller must check
+    the generation itself before acting on the row (dispatch.ENQUEUE does, in its script)."""
+    entry = _entries.get(cache_key)
+    if entry is None or time.monotonic() - entry[1] > TTL_S:
+        return None
+    return entry[0], entry[2]
+
+
 def store(cache_key: tuple[Any, ...], generation: bytes | None, row: list[Any]) -> None:
     if generation is None:
         return

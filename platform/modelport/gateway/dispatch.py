@@ -49,6 +49,42 @@ def workers_key() -> str:
     return key("workers")
 
 
+# Sends a call whose resolution the web process took from its cache (api.call_and_wait): in one
+# atomic step it checks that the resolution generation is still the one the row was read under,
+# counts the key's rate limits (the `limits` fixed-window increments, same keys), checks the
+# version's queue bound and pushes the frame. When it refuses, it pushes a marker ("!stale",
+# "!rate:<item>", "!full:<depth>") to the call's reply list instead, so that the BLPOP pipelined
+# after it returns at once.
+# KEYS: generation, queue, reply, rate-limit keys…; ARGV: generation read, max queue, frame,
+# reply TTL, then expiry and limit per rate-limit key.
+ENQUEUE = """
+local function refuse(why)
+    redis.call('RPUSH', KEYS[3], why)
+    redis.call('EXPIRE', KEYS[3], ARGV[4])
+    return why
+end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return refuse('!stale')
+end
+for i = 4, #KEYS do
+    local at = 5 + (i - 4) * 2
+    local count = redis.call('INCRBY', KEYS[i], 1)
+    if count == 1 then
+        redis.call('EXPIRE', KEYS[i], ARGV[at])
+    end
+    if count > tonumber(ARGV[at + 1]) then
+        return refuse('!rate:' .. (i - 4))
+    end
+end
+local depth = redis.call('LLEN', KEYS[2])
+if depth >= tonumber(ARGV[2]) then
+    return refuse('!full:' .. depth)
+end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return 'ok'
+"""
+
+
 def live_workers(raw: dict[bytes | str, bytes | str], *, now: float | None = None) -> list[dict[str, Any]]:
     now = time.time() if now is None else now
     out = []

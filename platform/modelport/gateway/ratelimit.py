@@ -65,3 +65,19 @@ def rate_limit_check(items: list[RateLimitItem], counts: list[Any], *, api_key: 
     for item, count in zip(items, counts, strict=True):
         if int(count) > item.amount:
             raise _refuse(item, api_key)
+
+
+def rate_limit_keys(*, key_id: int, spec: str | None) -> tuple[list[RateLimitItem], list[str], list[int]]:
+    """For a script that counts like `rate_limit_hit` (dispatch.ENQUEUE): the items, their
+    Redis keys (the `limits` storage's names) and, per item, its expiry and limit."""
+    storage = _limiter().storage
+    items = _items(spec or settings.MODELPORT_RATE_LIMIT)
+    args: list[int] = []
+    for item in items:
+        args += [item.get_expiry(), item.amount]
+    return items, [storage.prefixed_key(item.key_for(str(key_id))) for item in items], args
+
+
+def rate_limit_refusal(item: RateLimitItem, api_key: ApiKey) -> Problem:
+    """The 429 for `item` (one Redis read for the window's reset time)."""
+    return _refuse(item, api_key)

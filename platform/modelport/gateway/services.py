@@ -33,6 +33,11 @@ MAX_VERSION_NUMBER = 2**31 - 1  # PostgreSQL integer; larger numbers cannot exis
 RESOLVED_VERSION_ID = 13  # index of the version id in a fastsql.RESOLVE row
 
 
+class NeedsIO(Exception):
+    """Raised by the `local_only` variants below when they cannot finish without the database
+    or a Redis round trip; the caller then takes the ordinary path in a thread."""
+
+
 @dataclass
 class Admission:
     prediction: Prediction
@@ -57,13 +62,17 @@ def version_resolve(*, user: Any, owner: str, name: str, number: int | None) -> 
     return version
 
 
-def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None) -> tuple[Any, ApiKey, ModelVersion]:
+def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None,
+                      local_only: bool = False) -> tuple[Any, ApiKey, ModelVersion]:
     """PostgreSQL hot path of `api_key_authenticate` + `version_resolve`: one query (or a
     gateway/authcache.py hit), the same outcomes (401 unknown/revoked key, 404 missing or foreign
     private model or version, 503 not ready/disabled). Builds unsaved model instances from the
-    row (no further queries)."""
-    from modelport.accounts.services import KEY_PREFIX, LAST_USED_RESOLUTION, hash_key
-    from modelport.registry.models import Model
+    row (no further queries).
+
+    `local_only`: from this process's cache alone, without any I/O (NeedsIO otherwise): the
+    generation check, the queue bound and the rate-limit counts are then the caller's to do
+    (`version.generation` says which generation the row was read under)."""
+    from modelport.accounts.services import KEY_PREFIX, hash_key
 
     if not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200:
         raise Problem(401, "invalid or revoked API key")
@@ -72,6 +81,8 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
     if number is not None and not 0 < number <= MAX_VERSION_NUMBER:
         raise Problem(404, f"model {owner}/{name} has no version {number}")
     cache_key = (hash_key(raw_key), owner, name, number)
+    if local_only:
+        return _resolved(authcache.peek(cache_key), owner=owner, name=name, number=number)
     try:
         generation, row, queued, counted = authcache.lookup(
             cache_key, queue_of=lambda cached_row: dispatch.version_queue(cached_row[RESOLVED_VERSION_ID]),
@@ -85,6 +96,29 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         if fetched is None:
             raise Problem(401, "invalid or revoked API key")
         row = list(fetched)
+    if counted is not None and counted[0][0] == row[0]:  # this request was counted with the cache check
+        items, results = counted[1]
+    else:
+        items = results = None
+    user, api_key, version = _resolved((generation, row), owner=owner, name=name, number=number,
+                                       counted=(items, results))
+    if not cached:
+        authcache.store(cache_key, generation, row)  # only rows that resolve to a callable version
+    version.queued = queued  # the list's length, read with the cache check (None: not read yet)
+    return user, api_key, version
+
+
+def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: str, number: int | None,
+              counted: tuple[Any, Any] | None = None) -> tuple[Any, ApiKey, ModelVersion]:
+    """Model instances and refusals from a RESOLVE row (`hit`: its generation and the row; None
+    means a local-only lookup missed). `counted`: rate-limit items and their counts, checked
+    here (429); None means the caller counts (the local-only path)."""
+    from modelport.accounts.services import LAST_USED_RESOLUTION
+    from modelport.registry.models import Model
+
+    if hit is None:
+        raise NeedsIO("not in this process's resolution cache")
+    generation, row = hit
     (key_id, prefix, rate_limit, daily_cap, last_used, user_id, username, is_staff, model_id, owner_id, visibility,
      royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch) = row
     user = get_user_model()(id=user_id, username=username, is_staff=is_staff, is_active=True)
@@ -93,6 +127,8 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
     api_key.user = user
     now = timezone.now()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        if counted is None:
+            raise NeedsIO("the key's last use is due for an update")
         ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
         row[4] = now
     if model_id is None or (owner_id != user_id and visibility != Model.Visibility.PUBLIC):
@@ -105,25 +141,23 @@ def resolve_call_fast(*, raw_key: str, owner: str, name: str, number: int | None
         raise Problem(503, f"version {v_number} of {owner}/{name} is {v_status}, not ready")
     if v_disabled:
         raise Problem(503, f"version {v_number} of {owner}/{name} is disabled")
-    if counted is not None and counted[0][0] == key_id:  # this request was counted with the cache check
-        items, results = counted[1]
-        ratelimit.rate_limit_check(items, results, api_key=api_key)
+    if counted is not None and counted[0] is not None:  # this request was counted with the cache check
+        ratelimit.rate_limit_check(counted[0], counted[1], api_key=api_key)
         api_key.rate_counted = True
-    if not cached:
-        authcache.store(cache_key, generation, row)  # only rows that resolve to a callable version
     model = Model(id=model_id, owner_id=owner_id, name=name, visibility=visibility, royalty_per_call=royalty,
                   default_version_id=default_id)
     version = ModelVersion(id=version_id, model_id=model_id, number=v_number, status=v_status, disabled=v_disabled,
                            signature=signature if isinstance(signature, dict) else json.loads(signature),
                            max_queue=max_queue, artifact_sha256=artifact, max_batch_size=max_batch)
     version.model = model
-    version.queued = queued  # the list's length, read with the cache check (None: not read yet)
+    version.generation = generation
     return user, api_key, version
 
 
 def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
                      idempotency_key: str | None = None, request_id: str = "", webhook: str = "",
-                     webhook_events: list[str] | None = None, defer: bool = False) -> Admission:
+                     webhook_events: list[str] | None = None, defer: bool = False,
+                     local_only: bool = False) -> Admission:
     """Create a prediction and hold its maximum price. Raises Problem(402) when not covered.
 
     With `defer` (the caller waits for the result until the call's deadline), a plain call —
@@ -131,7 +165,13 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
     Admission carries its row and the serving worker admits it, together with the other calls
     it pops at once, in one statement (402 then comes back as the worker's reply). Measured
     reason: the per-call admission statement and its thread hop were the largest share of the
-    web process's CPU per call, and one statement per popped group costs PostgreSQL far less."""
+    web process's CPU per call, and one statement per popped group costs PostgreSQL far less.
+
+    `local_only`: a deferred admission from process caches alone, without any I/O (NeedsIO
+    when that is not possible); the queue bound is then the caller's to check."""
+    if local_only:
+        return _admit_local(user=user, api_key=api_key, version=version, protocol=protocol, deadline_s=deadline_s,
+                            request_id=request_id, defer=defer and not idempotency_key and not webhook)
     if idempotency_key:
         existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
         if existing is not None:
@@ -182,6 +222,26 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
         return Admission(prediction=existing, version=existing.version, existing=True)
     prediction.version = version
     return Admission(prediction=prediction, version=version)
+
+
+def _admit_local(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
+                 request_id: str, defer: bool) -> Admission:
+    model = version.model
+    royalty = model.royalty_per_call if model.owner_id != user.pk else 0
+    quote = billing.quote_cached(hardware="cpu", royalty=royalty)
+    account_id = _account_ids.get(user.pk)
+    capped = api_key is not None and api_key.daily_cap is not None
+    if not defer or royalty or capped or quote is None or account_id is None or not fastsql.available():
+        raise NeedsIO("this admission is written by the web or needs uncached facts")
+    now = timezone.now()
+    prediction = Prediction(
+        user=user, account_id=account_id, api_key=api_key, version=version, protocol=protocol,
+        quote={"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second, "royalty": 0,
+               "owner_id": model.owner_id},
+        hold_amount=0 if settings.MODELPORT_BENCH_DISABLE_METERING else quote.max_price(deadline_s),
+        idempotency_key=None, request_id=request_id, deadline_at=now + timedelta(seconds=deadline_s), webhook="",
+        webhook_events=[], created_at=now)
+    return Admission(prediction=prediction, version=version, deferred_row=fastsql.admission_row(prediction))
 
 
 def insufficient_credits(*, balance: int, required: int) -> Problem:

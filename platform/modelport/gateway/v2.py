@@ -23,6 +23,7 @@ from modelport.common.problems import Problem
 from modelport.gateway import api, dispatch, services, v2codec
 from modelport.gateway.models import Prediction
 from modelport.gateway.tensors import check_array
+from modelport.ops import metrics
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
 
@@ -106,10 +107,12 @@ async def model_ready(request: HttpRequest, owner: str, name: str, number: int |
     return ok({"name": f"{owner}/{name}", "ready": True})
 
 
-def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None) -> tuple[Any, ...]:
-    close_old_connections()
+def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None,
+              local_only: bool = False) -> tuple[Any, ...]:
+    if not local_only:
+        close_old_connections()
     limit = settings.MODELPORT_MAX_REQUEST_BYTES
-    user, api_key, version = api.resolve(request, owner, name, number)
+    user, api_key, version = api.resolve(request, owner, name, number, local_only)
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > limit:
         raise Problem(413, f"request body exceeds {limit} bytes")
@@ -138,32 +141,56 @@ def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None) -
     deadline_s = services.call_deadline_s(timeout_us / 1000.0 if isinstance(timeout_us, int | float) else None)
     admission = services.prediction_admit(user=user, api_key=api_key, version=version, protocol="v2",
                                           deadline_s=deadline_s,
-                                          request_id=current_request_id(), defer=True)
+                                          request_id=current_request_id(), defer=True, local_only=local_only)
     return admission, arrays, parsed
+
+
+def _problem(problem: Problem) -> HttpResponse:
+    response = error(problem.status, problem.detail)
+    for key, value in problem.headers.items():
+        response[key] = value
+    return response
+
+
+async def _call(admission: Any, arrays: list[tuple[str, Any]], owner: str, name: str,
+                guard: api.Guard | None) -> tuple[dict[str, Any], list] | None:
+    return await api.call_and_wait(prediction=admission.prediction, version_id=admission.version.pk, protocol="v2",
+                                   tensors=arrays, model_label=f"{owner}/{name}",
+                                   version_number=admission.version.number, admit_row=admission.deferred_row,
+                                   wait_s=float(settings.MODELPORT_CALL_DEADLINE_S), guard=guard)
 
 
 @csrf_exempt
 async def infer(request: HttpRequest, owner: str, name: str, number: int | None = None) -> HttpResponse:
     if request.method != "POST":
         return error(405, "use POST")
-    try:
-        admission, arrays, parsed = await sync_to_async(_admit_v2, thread_sensitive=False)(
-            request, owner, name, number)
-    except Problem as problem:
-        response = error(problem.status, problem.detail)
-        for key, value in problem.headers.items():
-            response[key] = value
-        return response
+    on_loop = api.admit_on_loop(_admit_v2, request, owner, name, number)
+    reply = None
+    if on_loop is not None:  # resolution cached, inputs valid: no thread hop (see api.admit_on_loop)
+        (admission, arrays, parsed), guard = on_loop
+        try:
+            reply = await _call(admission, arrays, owner, name, guard)
+        except api.Stale:  # the cached resolution is out of date: the ordinary path reads it again
+            on_loop = None
+        except Problem as problem:
+            metrics.call_admissions.labels("cache").inc()
+            return _problem(problem)
+        except aioredis.RedisError as exc:
+            await api.call_lost(admission.prediction, exc, admission.deferred_row)
+            return error(503, "the serving queue is unavailable; nothing was charged")
+    metrics.call_admissions.labels("cache" if on_loop is not None else "thread").inc()
+    if on_loop is None:
+        try:
+            admission, arrays, parsed = await sync_to_async(_admit_v2, thread_sensitive=False)(
+                request, owner, name, number)
+        except Problem as problem:
+            return _problem(problem)
+        try:
+            reply = await _call(admission, arrays, owner, name, None)
+        except aioredis.RedisError as exc:
+            await api.call_lost(admission.prediction, exc, admission.deferred_row)
+            return error(503, "the serving queue is unavailable; nothing was charged")
     prediction: Prediction = admission.prediction
-    deferred = admission.deferred_row
-    try:
-        reply = await api.call_and_wait(prediction=prediction, version_id=admission.version.pk, protocol="v2",
-                                        tensors=arrays, model_label=f"{owner}/{name}",
-                                        version_number=admission.version.number, admit_row=deferred,
-                                        wait_s=float(settings.MODELPORT_CALL_DEADLINE_S))
-    except aioredis.RedisError as exc:
-        await api.call_lost(prediction, exc, deferred)
-        return error(503, "the serving queue is unavailable; nothing was charged")
     if reply is None:  # cannot happen: the wait covers the whole deadline
         return error(503, "no worker answered before the deadline")
     payload, outputs = reply

@@ -49,6 +49,9 @@ http_request_duration = Histogram(
 http_requests_in_progress = Gauge("modelport_http_requests_in_progress", "Requests being handled now",
                                   ["method"], multiprocess_mode="livesum")
 http_exceptions = Counter("modelport_http_exceptions", "Exceptions that escaped a view", ["route", "exception"])
+call_admissions = Counter("modelport_call_admissions", "Inference calls by admission path: 'cache' (resolved "
+                          "from the process's cache on the event loop, checked and sent by one Redis script) "
+                          "or 'thread' (the ordinary path)", ["path"])
 
 
 # --- serving workers (Triton semantics) ----------------------------------------------------------
