@@ -14,9 +14,11 @@ Runs, on this machine and loopback only:
    (uvicorn --workers; as that many web containers would be);
 4. the same with metering switched off (bench-only setting) — metering's share (on/off runs
    alternate --pairs times (default 3); each figure is the mean of its runs);
-5. dynamic batching on a small CNN at concurrency 32: max_batch_size 16 vs 1 (alternating
-   --pairs times, means), beside the same CNN in-process at batch 16 vs 1 (what onnxruntime
-   itself gains from batching here);
+5. dynamic batching at concurrency 32 on two CNNs for 3x32x32 images sent as tritonclient
+   sends them (Open Inference Protocol with binary tensors): the examples' small CNN and a
+   CIFAR-size CNN with a dense head (see cnn_onnx); max_batch_size 16 vs 1 (alternating
+   --pairs times, means), beside each CNN in-process at batch 16 vs 1 (what onnxruntime itself
+   gains from batching here);
 6. where the CPU goes during the c=32 runs (web, PostgreSQL, serving worker, Redis, wrk),
    from /proc: the cores each part used and its CPU milliseconds per call.
 Load comes from wrk (Debian package) with bounded duration. Everything started is stopped by
@@ -53,10 +55,11 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def wrk(url: str, body: dict, *, connections: int, duration: int, headers: dict[str, str] | None = None) -> dict:
+def wrk(url: str, body: dict | bytes, *, connections: int, duration: int,
+        headers: dict[str, str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        body_path = Path(tmp) / "body.json"
-        body_path.write_text(json.dumps(body))
+        body_path = Path(tmp) / "body"
+        body_path.write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
         lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_LUA.format(body=body_path, headers=lines))
@@ -155,9 +158,10 @@ def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
 
 
 CPU_NAMES = ("web", "postgres", "serve", "redis", "wrk")
+CNNS = {"cnn": "CNN", "cnn-dense": "dense-head CNN"}  # bench model name -> label
 
 
-def wrk_with_cpu(platform: Platform, url: str, body: dict, *, duration: int, headers: dict[str, str]) -> dict:
+def wrk_with_cpu(platform: Platform, url: str, body: dict | bytes, *, duration: int, headers: dict[str, str]) -> dict:
     """wrk at concurrency 32, plus the cores each part used meanwhile (`cpu_<name>`)."""
     groups = {proc.popen.pid: name for proc, name in zip(platform.procs, ("web", "serve", "convert"), strict=True)}
     before, started, children = cpu_by_group(groups), time.monotonic(), os.times()
@@ -171,18 +175,42 @@ def wrk_with_cpu(platform: Platform, url: str, body: dict, *, duration: int, hea
     return result
 
 
-def cnn_onnx(path: Path) -> Path:
+def cnn_onnx(path: Path, *, dense_head: bool = False) -> Path:
+    """The examples' small CNN (two convolutions, global pooling, 5 k parameters) or, with
+    `dense_head`, a CIFAR-size CNN whose classifier is a 4096-1024-10 dense head (4.3 M
+    parameters, the shape of classic image classifiers: at batch 1 its dense layers are
+    memory-bound matrix-vector products, which batching turns into matrix products)."""
     import importlib.util
 
     import torch
+    from torch import nn
 
-    spec = importlib.util.spec_from_file_location("ex", REPO / "examples" / "build_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.onnx.export(module.build_cnn(), (torch.randn(2, 3, 32, 32),), str(path), input_names=["x"],
+    torch.manual_seed(0)
+    if dense_head:
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 8 * 8, 1024), nn.ReLU(), nn.Linear(1024, 10)).eval()
+    else:
+        spec = importlib.util.spec_from_file_location("ex", REPO / "examples" / "build_examples.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model = module.build_cnn()
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(path), input_names=["x"],
                       output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=18,
                       dynamo=False)
     return path
+
+
+def v2_binary(image: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """An Open Inference Protocol request with the binary tensor extension (what tritonclient
+    sends for images): JSON header, then the raw FP32 bytes; the output comes back binary too."""
+    header = json.dumps({
+        "inputs": [{"name": "x", "shape": list(image.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": image.nbytes}}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    return header + image.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                      "Content-Type": "application/octet-stream"}
 
 
 class Platform:
@@ -257,21 +285,23 @@ def main() -> int:
             platform.start()
             client = httpx.Client(base_url=platform.url, headers=auth, timeout=120)
             client.post("/api/v1/models", json={"name": "mlp"})
-            client.post("/api/v1/models", json={"name": "cnn"})
+            for name in CNNS:
+                client.post("/api/v1/models", json={"name": name})
             client.post("/api/v1/models/bench/mlp/versions", data={"format": "onnx"},
                         files={"artifact": ("mlp.onnx", mlp.read_bytes())})
-            cnn = cnn_onnx(tmp / "cnn.onnx")
-            for _ in range(2):  # v1: no batching, v2: batching up to 16
-                client.post("/api/v1/models/bench/cnn/versions", data={"format": "onnx"},
-                            files={"artifact": ("cnn.onnx", cnn.read_bytes())})
-            for path in ("mlp/versions/1", "cnn/versions/1", "cnn/versions/2"):
+            cnn_files = {name: cnn_onnx(tmp / f"{name}.onnx", dense_head=name == "cnn-dense") for name in CNNS}
+            for name, path in cnn_files.items():
+                for _ in range(2):  # v1: no batching, v2: batching up to 16
+                    client.post(f"/api/v1/models/bench/{name}/versions", data={"format": "onnx"},
+                                files={"artifact": (path.name, path.read_bytes())})
+            for path in ["mlp/versions/1"] + [f"{n}/versions/{v}" for n in CNNS for v in (1, 2)]:
                 while client.get(f"/api/v1/models/bench/{path}").json()["status"] not in ("ready", "failed"):
                     time.sleep(0.2)
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc",
-                            "UPDATE registry_modelversion SET max_batch_size = 1 WHERE number = 1 AND model_id = "
-                            "(SELECT id FROM registry_model WHERE name = 'cnn');"
+                            "UPDATE registry_modelversion SET max_batch_size = 1 WHERE number = 1 AND model_id IN "
+                            "(SELECT id FROM registry_model WHERE name LIKE 'cnn%');"
                             "UPDATE registry_modelversion SET max_batch_size = 16, max_queue_delay_ms = 2 "
-                            "WHERE number = 2 AND model_id = (SELECT id FROM registry_model WHERE name = 'cnn');"],
+                            "WHERE number = 2 AND model_id IN (SELECT id FROM registry_model WHERE name LIKE 'cnn%');"],
                            check=True)
             platform.stop()
             headers = {**auth, "Prefer": "wait"}
@@ -292,17 +322,20 @@ def main() -> int:
                 platform.stop()
             for label, pair in runs.items():
                 results[label] = {k: sum(r[k] for r in pair) / len(pair) for k in pair[0]}
-            results["CNN in-process batch 16 vs 1"] = {"gain": inprocess_batch_gain(cnn)}
+            for name, label in CNNS.items():
+                results[f"{label} in-process batch 16 vs 1"] = {"gain": inprocess_batch_gain(cnn_files[name])}
             platform.start()
             image = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
-            cnn_body = {"input": {"x": image.tolist()}}
+            cnn_body, v2_headers = v2_binary(image)
             cnn_runs: dict[str, list[dict]] = {}
-            for number, label in ((1, "CNN unbatched c=32"), (2, "CNN batched c=32")) * args.pairs:
-                url = f"{platform.url}/api/v1/models/bench/cnn/versions/{number}/predictions"
-                for _ in range(20):
-                    client.post(url.removeprefix(platform.url), json=cnn_body, headers={"Prefer": "wait"})
-                cnn_runs.setdefault(label, []).append(
-                    wrk_with_cpu(platform, url, cnn_body, duration=d, headers=headers))
+            for name, label in CNNS.items():
+                for number, run in ((1, f"{label} unbatched c=32"), (2, f"{label} batched c=32")) * args.pairs:
+                    url = f"{platform.url}/v2/models/bench/{name}/versions/{number}/infer"
+                    for _ in range(20):
+                        assert client.post(url.removeprefix(platform.url), content=cnn_body,
+                                           headers=v2_headers).status_code == 200
+                    cnn_runs.setdefault(run, []).append(
+                        wrk_with_cpu(platform, url, cnn_body, duration=d, headers={**auth, **v2_headers}))
             for label, series in cnn_runs.items():
                 results[label] = {k: sum(r[k] for r in series) / len(series) for k in series[0]}
         finally:
@@ -332,18 +365,20 @@ def main() -> int:
         bento_1, bento_32 = results["BentoML c=1"], results["BentoML c=32"]
         print(f"  platform p50 / BentoML p50 (c=1)              {p['p50_ms'] / bento_1['p50_ms']:.2f}   (goal <= 1)")
         print(f"  platform req/s / BentoML req/s (c=32)         {p32['rps'] / bento_32['rps']:.2f}   (goal >= 1.5)")
-    print(f"  CNN batched / unbatched req/s (c=32)          "
-          f"{results['CNN batched c=32']['rps'] / results['CNN unbatched c=32']['rps']:.2f}   (goal >= 1.2)")
-    print(f"  CNN in-process per-sample, batch 1 / batch 16 "
-          f"{results['CNN in-process batch 16 vs 1']['gain']:.2f}   (the most batching can gain in onnxruntime here)")
+    for label in CNNS.values():
+        gain = results[f"{label} batched c=32"]["rps"] / results[f"{label} unbatched c=32"]["rps"]
+        print(f"  {label + ' batched / unbatched req/s (c=32)':54}{gain:.2f}   (goal >= 1.2)")
+        print(f"  {label + ' in-process, batch 1 / 16 per sample':54}"
+              f"{results[f'{label} in-process batch 16 vs 1']['gain']:.2f}   (what onnxruntime itself gains here)")
     print(f"\nCPU at c=32 (this machine has {os.cpu_count()} cores): cores in use / CPU ms per call")
-    runs_shown = ("platform c=32", "CNN unbatched c=32", "CNN batched c=32")
-    print(f"  {'':10}" + "".join(f"{label:>26}" for label in runs_shown))
+    runs_shown = ("platform c=32", *(f"{label} {kind} c=32" for label in CNNS.values()
+                                     for kind in ("unbatched", "batched")))
+    print(f"  {'':10}" + "".join(f"{label:>32}" for label in runs_shown))
     for name in CPU_NAMES:
         cores = [results[label][f"cpu_{name}"] for label in runs_shown]
         cells = [f"{c:5.2f} / {c * 1000 / results[label]['rps']:5.2f}" for c, label in zip(cores, runs_shown,
                                                                                          strict=True)]
-        print(f"  {name:10}" + "".join(f"{cell:>26}" for cell in cells))
+        print(f"  {name:10}" + "".join(f"{cell:>32}" for cell in cells))
     print(f"  web processes: {os.environ.get('BENCH_WEB_WORKERS', '1')} (BENCH_WEB_WORKERS)")
     if "BentoML c=1" not in results:
         print("  BentoML peer: not run (set BENCH_BENTOML_PYTHON to a Python with bentoml, onnxruntime, numpy);"
