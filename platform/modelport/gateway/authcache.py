@@ -16,6 +16,11 @@ So each web process keeps the rows that resolved to a callable version, tagged w
 A missing token (Redis restarted, or never set) is replaced by a new one and that call reads
 the database: tokens are random, so an entry from before a restart can never match again.
 Rows that end in a refusal (401/404/503) are not cached.
+
+Two other readers of the generation: the web's cache path (api.admit_on_loop) checks it inside
+the Redis script that sends the call (dispatch.ENQUEUE) instead of in a pipeline of its own;
+serving workers read it with every pop and forget the balances they saw when it changes
+(postpaid admission, serving.py), which is why balance-lowering ledger adjustments set it too.
 """
 
 from __future__ import annotations
