@@ -60,6 +60,41 @@ SELECT count(*) FROM led, cfg
 
 ADMIT_WITHOUT_HOLD = f"INSERT INTO gateway_prediction ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 
+_ROW_TYPES = ", ".join(f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in _INSERT_FIELDS)
+
+
+def _insert_group(*, amount: str, ledger: str) -> str:
+    """A statement that inserts the rows of a JSON array (`%s`) that do not exist yet, per
+    account only if the balance covers the sum of their `amount` column, debits that sum and
+    writes the ledger entries `ledger` selects from the inserted rows (`pred`). Returns
+    (prediction id, account id, balance after, amount) per inserted row."""
+    return f"""
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), v AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v({_ROW_TYPES})
+), fresh AS (
+    SELECT v.* FROM v WHERE NOT EXISTS (SELECT 1 FROM gateway_prediction g WHERE g.id = v.id)
+), need AS (
+    SELECT account_id, sum({amount}) AS total FROM fresh GROUP BY account_id
+), acc AS (
+    UPDATE billing_creditaccount a SET balance = a.balance - need.total, updated_at = now()
+    FROM need WHERE a.id = need.account_id AND a.balance >= need.total
+    RETURNING a.id, a.balance
+), pred AS (
+    INSERT INTO gateway_prediction ({_COLUMNS})
+    SELECT {_COLUMNS} FROM fresh WHERE fresh.account_id IN (SELECT id FROM acc)
+    RETURNING id, account_id, {amount}
+), led AS (
+    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
+    {ledger}
+    RETURNING id
+)
+SELECT pred.id, pred.account_id, acc.balance, pred.{amount}
+FROM pred JOIN acc ON acc.id = pred.account_id LEFT JOIN cfg ON true
+"""
+
+
 # Admission of a batch of calls at the serving worker (see services.prediction_admit's
 # `defer`): the web sends each call's row (`admission_row`) in its frame; the worker admits all
 # rows of what it popped in one statement before running them. Per account, the holds of the
@@ -68,69 +103,22 @@ ADMIT_WITHOUT_HOLD = f"INSERT INTO gateway_prediction ({_COLUMNS}) VALUES ({_PLA
 # already exists (the web gave up at the deadline and recorded the call as failed, see
 # `abandon`) is not admitted; if the web's insert races this statement, the statement fails on
 # the primary key and the caller retries row by row.
-_ROW_TYPES = ", ".join(f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in _INSERT_FIELDS)
-
-ADMIT_MANY = f"""
-WITH cfg AS (
-    SELECT set_config('synchronous_commit', 'off', true)
-), v AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v({_ROW_TYPES})
-), fresh AS (
-    SELECT v.* FROM v WHERE NOT EXISTS (SELECT 1 FROM gateway_prediction g WHERE g.id = v.id)
-), need AS (
-    SELECT account_id, sum(hold_amount) AS total FROM fresh GROUP BY account_id
-), acc AS (
-    UPDATE billing_creditaccount a SET balance = a.balance - need.total, updated_at = now()
-    FROM need WHERE a.id = need.account_id AND a.balance >= need.total
-    RETURNING a.id, a.balance
-), pred AS (
-    INSERT INTO gateway_prediction ({_COLUMNS})
-    SELECT {_COLUMNS} FROM fresh WHERE fresh.account_id IN (SELECT id FROM acc)
-    RETURNING id, account_id, hold_amount
-), led AS (
-    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
+ADMIT_MANY = _insert_group(amount="hold_amount", ledger=f"""
     SELECT account_id, '{LedgerEntry.Kind.HOLD}', -hold_amount, id, '', NULL, now() FROM pred
-    WHERE hold_amount > 0
-    RETURNING id
-)
-SELECT pred.id, pred.account_id, acc.balance FROM pred JOIN acc ON acc.id = pred.account_id LEFT JOIN cfg ON true
-"""
+    WHERE hold_amount > 0""")
 
 # Admission and settlement in one statement, after the run, for calls whose account the serving
 # worker recently saw with ample headroom (see serving.py, "postpaid"): each row arrives
 # complete (status succeeded, output, metrics, charged = its price, hold_amount = charged); per
-# account the group is recorded only if the balance covers its total (never below zero), with
+# account the group is recorded only if the balance covers its charges (never below zero), with
 # the same ledger shape as a held and settled call (a hold of the price, a settlement of 0).
 # Rows whose id exists (the web recorded the call failed at its deadline) are not recorded.
-RECORD_MANY = f"""
-WITH cfg AS (
-    SELECT set_config('synchronous_commit', 'off', true)
-), v AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v({_ROW_TYPES})
-), fresh AS (
-    SELECT v.* FROM v WHERE NOT EXISTS (SELECT 1 FROM gateway_prediction g WHERE g.id = v.id)
-), need AS (
-    SELECT account_id, sum(charged) AS total FROM fresh GROUP BY account_id
-), acc AS (
-    UPDATE billing_creditaccount a SET balance = a.balance - need.total, updated_at = now()
-    FROM need WHERE a.id = need.account_id AND a.balance >= need.total
-    RETURNING a.id, a.balance
-), pred AS (
-    INSERT INTO gateway_prediction ({_COLUMNS})
-    SELECT {_COLUMNS} FROM fresh WHERE fresh.account_id IN (SELECT id FROM acc)
-    RETURNING id, account_id, charged
-), led AS (
-    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
+RECORD_MANY = _insert_group(amount="charged", ledger=f"""
     SELECT account_id, k.kind, CASE WHEN k.kind = '{LedgerEntry.Kind.HOLD}' THEN -charged ELSE 0 END, id,
            CASE WHEN k.kind = '{LedgerEntry.Kind.HOLD}' THEN '' ELSE 'charged ' || charged || ' µc' END,
            NULL, now()
     FROM pred CROSS JOIN (VALUES ('{LedgerEntry.Kind.HOLD}'), ('{LedgerEntry.Kind.SETTLE}')) AS k(kind)
-    WHERE pred.charged > 0
-    RETURNING id
-)
-SELECT pred.id, pred.account_id, acc.balance, pred.charged
-FROM pred JOIN acc ON acc.id = pred.account_id LEFT JOIN cfg ON true
-"""
+    WHERE pred.charged > 0""")
 
 ABANDON = f"""
 INSERT INTO gateway_prediction ({_COLUMNS})
@@ -175,7 +163,7 @@ def admit_many(rows: list[dict[str, Any]], *, balances: dict[int, int] | None = 
     with _prepared() as cursor:
         cursor.execute(ADMIT_MANY, [json.dumps(rows)], prepare=True)
         admitted = set()
-        for pid, account_id, balance in cursor.fetchall():
+        for pid, account_id, balance, _ in cursor.fetchall():
             admitted.add(pid)
             if balances is not None:
                 balances[account_id] = int(balance)
