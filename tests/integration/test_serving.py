@@ -501,3 +501,35 @@ def test_non_finite_outputs_are_null_and_the_call_is_settled(user_api, fleet, tm
         assert Prediction.objects.get(pk=body["id"]).output == {"y": [[0.5, None, None]]}
     assert api.balance_micro() < before
     assert drift("nanny") == 0
+
+
+def test_saved_batching_settings_apply_without_restarting_the_worker(user_api, fleet, tmp_path):
+    """A version's batching settings saved through the platform (admin form, ORM save) reach a
+    running worker: it forgets the settings it cached when the resolution generation changes."""
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("retuner")
+    vid = ready_model(api, "summer", sum_model(tmp_path / "sum.onnx"))
+    ModelVersion.objects.filter(pk=vid).update(max_batch_size=1, max_queue_delay_ms=30)
+    worker = fleet.start_worker("serve", serve=True)
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+
+    def burst() -> list[int]:
+        worker.pause()  # let the calls pile up, so the worker pops them as a group
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            futures = [pool.submit(call, fleet.base_url, key, "retuner/summer", {"x": [[float(i), 1.0]]})
+                       for i in range(12)]
+            time.sleep(1.0)
+            worker.resume()
+            responses = [f.result() for f in futures]
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        return [r.json()["metrics"]["batch_size"] for r in responses]
+
+    assert call(fleet.base_url, key, "retuner/summer", {"x": [[1.0, 2.0]]}).status_code == 200  # cached: 1
+    assert max(burst()) == 1
+    version = ModelVersion.objects.get(pk=vid)
+    version.max_batch_size = 16
+    version.save(update_fields=["max_batch_size"])
+    assert max(burst()) > 1
+    assert drift("retuner") == 0

@@ -132,8 +132,9 @@ class ServingLoop:
         self.disabled: set[int] = set()
         self.multi_pop: bool | None = None  # BLMPOP available (Redis 7); probed on first pop
         # Account balances as this worker's admission and settlement statements last returned
-        # them (account id → (balance µc, monotonic time)); cleared when the admission token
-        # changes (authcache's generation: any ledger adjustment that lowers a balance sets it).
+        # them (account id → (balance µc, monotonic time)); cleared, with the cached version
+        # settings, when the admission token changes (authcache's generation: saves of keys,
+        # users, models and versions and any ledger adjustment that lowers a balance set it).
         self.balances: dict[int, tuple[int, float]] = {}
         self.admission_token: bytes | None = None
 
@@ -278,8 +279,9 @@ class ServingLoop:
         except redis.ResponseError:  # a server without BLMPOP after all
             self.multi_pop = False
             return None
-        if token != self.admission_token:
+        if token != self.admission_token:  # something that admission or serving reads changed
             self.balances.clear()
+            self.versions.clear()  # batching settings saved since are read again
             self.admission_token = token
         if got is None:
             return None
