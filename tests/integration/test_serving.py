@@ -533,3 +533,31 @@ def test_saved_batching_settings_apply_without_restarting_the_worker(user_api, f
     version.save(update_fields=["max_batch_size"])
     assert max(burst()) > 1
     assert drift("retuner") == 0
+
+
+def test_queue_delay_counts_from_enqueue_so_calls_that_already_waited_run_at_once(user_api, fleet, tmp_path):
+    """max_queue_delay_ms bounds how long a call is held for others from when it was enqueued
+    (Triton's rule), not from when a worker popped it: calls that already waited that long in
+    the list (a busy or paused worker) run as soon as they are popped."""
+    from modelport.registry.models import ModelVersion
+
+    api = user_api("patient")
+    vid = ready_model(api, "summer", sum_model(tmp_path / "sum.onnx"))
+    ModelVersion.objects.filter(pk=vid).update(max_batch_size=16, max_queue_delay_ms=3000)
+    worker = fleet.start_worker("serve", serve=True)
+    fleet.wait_for_serving(worker)
+    key = api.http.headers["Authorization"]
+    assert call(fleet.base_url, key, "patient/summer", {"x": [[1.0, 2.0]]}).status_code == 200  # loaded
+    time.sleep(1.0)  # a heartbeat lists the version as loaded: calls go to its own list
+    worker.pause()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(call, fleet.base_url, key, "patient/summer", {"x": [[float(i), 1.0]]})
+                   for i in range(3)]
+        time.sleep(3.5)  # longer than the delay: they have waited enough
+        resumed = time.monotonic()
+        worker.resume()
+        responses = [f.result() for f in futures]
+        finished = time.monotonic() - resumed
+    assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
+    assert max(r.json()["metrics"]["batch_size"] for r in responses) > 1  # still served together
+    assert finished < 1.5, finished  # not held for another 3 s after the pop
