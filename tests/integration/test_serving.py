@@ -72,8 +72,15 @@ def test_batching_mixed_shapes_each_output_is_its_own(user_api, fleet, tmp_path)
         rows, seq = 1 + i % 3, (3, 5, 8)[i % 3 if i % 2 else (i // 2) % 3]
         jobs.append(rng.integers(-50, 50, size=(rows, seq)).astype(np.float32))
     before = api.balance_micro()
+    # The worker runs a call that finds its list empty at once (the delay is only spent while
+    # calls arrive together), and it can outrun this client; pausing it while the calls are
+    # sent makes them wait together, as they would behind a busy worker.
+    worker.pause()
     with ThreadPoolExecutor(max_workers=24) as pool:
-        responses = list(pool.map(lambda x: call(fleet.base_url, key, "batcher/summer", {"x": x.tolist()}), jobs))
+        futures = [pool.submit(call, fleet.base_url, key, "batcher/summer", {"x": x.tolist()}) for x in jobs]
+        time.sleep(1.5)
+        worker.resume()
+        responses = [f.result() for f in futures]
     charged = 0
     batch_sizes = []
     for x, resp in zip(jobs, responses, strict=True):
