@@ -49,6 +49,24 @@ def live(platform_stack: stk.Stack, transactional_db: Any) -> stk.Stack:
     return platform_stack
 
 
+def staff_key() -> str:
+    """A new staff user's API key (creating a user changes the resolution generation, so make
+    it before the calls whose admission path a test observes)."""
+    from modelport.accounts.services import api_key_issue, user_create
+
+    return api_key_issue(user=user_create(username=f"staff{time.monotonic_ns()}", is_staff=True)).secret
+
+
+def call_admissions(base_url: str, key: str) -> dict[str, float]:
+    """A web process's modelport_call_admissions_total by path ('cache', 'thread'), read with
+    staff key `key`."""
+    import re
+
+    text = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30).text
+    found = re.findall(r'^modelport_call_admissions_total\{path="(\w+)"\} ([\d.e+]+)$', text, re.M)
+    return {path: float(value) for path, value in found}
+
+
 def make_user(username: str, *, credits: int | None = None) -> tuple[Any, str]:
     from modelport.accounts.services import api_key_issue, user_create
 

@@ -6,13 +6,13 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.conftest import call_admissions, staff_key
 from workers.demo import mlp_onnx
 
 pytestmark = pytest.mark.integration
@@ -85,19 +85,6 @@ def test_cancel_before_start_releases_the_hold(api, fleet):
     assert api.balance_micro() == before
 
 
-def _admissions(live) -> dict[str, float]:
-    """The web's modelport_call_admissions_total by path, read with a staff key."""
-    from modelport.accounts.services import api_key_issue, user_create
-
-    from tests.conftest import Api
-
-    staff = Api(live.base_url, api_key_issue(user=user_create(username=f"metrics{time.monotonic_ns()}",
-                                                              is_staff=True)).secret)
-    text = staff.get("/metrics").text
-    found = re.findall(r'^modelport_call_admissions_total\{path="(\w+)"\} ([\d.e+]+)$', text, re.M)
-    return {path: float(value) for path, value in found}
-
-
 def test_rate_limit_per_key_is_429(api, live):
     """Counted per key whichever admission path a call takes: the first call after the change
     reads the database (thread path), the next ones are resolved from the web's cache and
@@ -105,13 +92,14 @@ def test_rate_limit_per_key_is_429(api, live):
     from modelport.accounts.models import ApiKey
     from modelport.gateway import authcache
 
+    metrics_key = staff_key()
     ApiKey.objects.filter(user__username="predictor").update(rate_limit="3/minute")
     authcache.invalidate()  # a queryset update sends no signal: tell the web processes
-    before = _admissions(live)
+    before = call_admissions(live.base_url, metrics_key)
     codes = [api.post("/api/v1/models/predictor/tiny/predictions", json={"input": X},
                       headers={"Prefer": "wait"}).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
-    after = _admissions(live)
+    after = call_admissions(live.base_url, metrics_key)
     assert after.get("cache", 0) - before.get("cache", 0) == 3
     last = api.post("/api/v1/models/predictor/tiny/predictions", json={"input": X})
     assert last.status_code == 429 and int(last.headers["Retry-After"]) >= 1
