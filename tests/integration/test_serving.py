@@ -56,15 +56,34 @@ def drift(username: str) -> int:
     return ledger_drift(account=CreditAccount.objects.get(user__username=username))
 
 
-def test_batching_mixed_shapes_each_output_is_its_own(user_api, fleet, tmp_path):
+def summer_served(user_api, fleet, tmp_path, username: str, **serving: float) -> tuple[object, object, str]:
+    """`username`'s sum model with the version settings `serving`, one fleet worker serving it:
+    (api, worker, key)."""
     from modelport.registry.models import ModelVersion
 
-    api = user_api("batcher")
+    api = user_api(username)
     vid = ready_model(api, "summer", sum_model(tmp_path / "sum.onnx"))
-    ModelVersion.objects.filter(pk=vid).update(max_batch_size=16, max_queue_delay_ms=30)
+    ModelVersion.objects.filter(pk=vid).update(**serving)
     worker = fleet.start_worker("serve", serve=True)
     fleet.wait_for_serving(worker)
-    key = api.http.headers["Authorization"]
+    return api, worker, api.http.headers["Authorization"]
+
+
+def piled_up(worker, send, payloads: list, *, threads: int, hold_s: float = 1.0) -> tuple[list, float]:
+    """Send `payloads` concurrently while `worker` is paused, so they wait in its list together
+    (as behind a busy worker), resume it after `hold_s`: (responses, seconds from resume)."""
+    worker.pause()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(send, p) for p in payloads]
+        time.sleep(hold_s)
+        resumed = time.monotonic()
+        worker.resume()
+        responses = [f.result() for f in futures]
+    return responses, time.monotonic() - resumed
+
+
+def test_batching_mixed_shapes_each_output_is_its_own(user_api, fleet, tmp_path):
+    api, worker, key = summer_served(user_api, fleet, tmp_path, "batcher", max_batch_size=16, max_queue_delay_ms=30)
     assert call(fleet.base_url, key, "batcher/summer", {"x": [[1.0, 2.0]]}).status_code == 200  # warm, placed
 
     rng = np.random.default_rng(5)
@@ -74,14 +93,9 @@ def test_batching_mixed_shapes_each_output_is_its_own(user_api, fleet, tmp_path)
         jobs.append(rng.integers(-50, 50, size=(rows, seq)).astype(np.float32))
     before = api.balance_micro()
     # The worker runs a call that finds its list empty at once (the delay is only spent while
-    # calls arrive together), and it can outrun this client; pausing it while the calls are
-    # sent makes them wait together, as they would behind a busy worker.
-    worker.pause()
-    with ThreadPoolExecutor(max_workers=24) as pool:
-        futures = [pool.submit(call, fleet.base_url, key, "batcher/summer", {"x": x.tolist()}) for x in jobs]
-        time.sleep(1.5)
-        worker.resume()
-        responses = [f.result() for f in futures]
+    # calls arrive together), and it can outrun this client: the calls are sent while it is paused.
+    responses, _ = piled_up(worker, lambda x: call(fleet.base_url, key, "batcher/summer", {"x": x.tolist()}), jobs,
+                            threads=24, hold_s=1.5)
     charged = 0
     batch_sizes = []
     for x, resp in zip(jobs, responses, strict=True):
@@ -112,12 +126,8 @@ def test_popped_groups_still_execute_within_max_batch_size(user_api, fleet, tmp_
     for name, limit in limits.items():
         assert call(fleet.base_url, key, f"chunker/{name}", {"x": [[1.0, 2.0]]}).status_code == 200
         jobs = [rng.integers(-9, 9, size=(1 + i % 2, 4)).astype(np.float32) for i in range(40)]
-        worker.pause()  # let the calls pile up, so the worker pops them as groups
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            futures = [pool.submit(call, fleet.base_url, key, f"chunker/{name}", {"x": x.tolist()}) for x in jobs]
-            time.sleep(1.0)
-            worker.resume()
-            responses = [f.result() for f in futures]
+        responses, _ = piled_up(worker, lambda x, name=name: call(fleet.base_url, key, f"chunker/{name}",
+                                                                  {"x": x.tolist()}), jobs, threads=20)
         rows_per_run = []
         for x, resp in zip(jobs, responses, strict=True):
             assert resp.status_code == 200, resp.text
@@ -522,27 +532,17 @@ def test_saved_batching_settings_apply_without_restarting_the_worker(user_api, f
     running worker: it forgets the settings it cached when the resolution generation changes."""
     from modelport.registry.models import ModelVersion
 
-    api = user_api("retuner")
-    vid = ready_model(api, "summer", sum_model(tmp_path / "sum.onnx"))
-    ModelVersion.objects.filter(pk=vid).update(max_batch_size=1, max_queue_delay_ms=30)
-    worker = fleet.start_worker("serve", serve=True)
-    fleet.wait_for_serving(worker)
-    key = api.http.headers["Authorization"]
+    _, worker, key = summer_served(user_api, fleet, tmp_path, "retuner", max_batch_size=1, max_queue_delay_ms=30)
 
     def burst() -> list[int]:
-        worker.pause()  # let the calls pile up, so the worker pops them as a group
-        with ThreadPoolExecutor(max_workers=12) as pool:
-            futures = [pool.submit(call, fleet.base_url, key, "retuner/summer", {"x": [[float(i), 1.0]]})
-                       for i in range(12)]
-            time.sleep(1.0)
-            worker.resume()
-            responses = [f.result() for f in futures]
+        responses, _ = piled_up(worker, lambda i: call(fleet.base_url, key, "retuner/summer", {"x": [[float(i), 1.0]]}),
+                                list(range(12)), threads=12)
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
         return [r.json()["metrics"]["batch_size"] for r in responses]
 
     assert call(fleet.base_url, key, "retuner/summer", {"x": [[1.0, 2.0]]}).status_code == 200  # cached: 1
     assert max(burst()) == 1
-    version = ModelVersion.objects.get(pk=vid)
+    version = ModelVersion.objects.get(model__owner__username="retuner")
     version.max_batch_size = 16
     version.save(update_fields=["max_batch_size"])
     assert max(burst()) > 1
@@ -553,25 +553,13 @@ def test_queue_delay_counts_from_enqueue_so_calls_that_already_waited_run_at_onc
     """max_queue_delay_ms bounds how long a call is held for others from when it was enqueued
     (Triton's rule), not from when a worker popped it: calls that already waited that long in
     the list (a busy or paused worker) run as soon as they are popped."""
-    from modelport.registry.models import ModelVersion
-
-    api = user_api("patient")
-    vid = ready_model(api, "summer", sum_model(tmp_path / "sum.onnx"))
-    ModelVersion.objects.filter(pk=vid).update(max_batch_size=16, max_queue_delay_ms=3000)
-    worker = fleet.start_worker("serve", serve=True)
-    fleet.wait_for_serving(worker)
-    key = api.http.headers["Authorization"]
+    _, worker, key = summer_served(user_api, fleet, tmp_path, "patient", max_batch_size=16, max_queue_delay_ms=3000)
     assert call(fleet.base_url, key, "patient/summer", {"x": [[1.0, 2.0]]}).status_code == 200  # loaded
     time.sleep(1.0)  # a heartbeat lists the version as loaded: calls go to its own list
-    worker.pause()
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(call, fleet.base_url, key, "patient/summer", {"x": [[float(i), 1.0]]})
-                   for i in range(3)]
-        time.sleep(3.5)  # longer than the delay: they have waited enough
-        resumed = time.monotonic()
-        worker.resume()
-        responses = [f.result() for f in futures]
-        finished = time.monotonic() - resumed
+    # They wait 3.5 s in the list, longer than the delay: they have waited enough.
+    responses, finished = piled_up(worker, lambda i: call(fleet.base_url, key, "patient/summer",
+                                                          {"x": [[float(i), 1.0]]}), list(range(3)),
+                                   threads=3, hold_s=3.5)
     assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
     assert max(r.json()["metrics"]["batch_size"] for r in responses) > 1  # still served together
     assert finished < 1.5, finished  # not held for another 3 s after the pop
