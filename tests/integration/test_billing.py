@@ -42,6 +42,10 @@ def test_64_concurrent_calls_on_a_short_balance(user_api, live, tmp_path):
     caller = user_api("short", credits=4)  # each call holds 0.1 + 1 s x 1 credit/s = 1.1 credits
     key = caller.http.headers["Authorization"]
     body = {"input": {"x": [[0.5] * 16]}}
+    # The model loads on its first call; a cold start on a busy machine can outlast the 1 s
+    # deadline below, and this test is about metering, not cold starts: the owner warms it.
+    assert owner.post("/api/v1/models/shortowner/tiny/predictions", json=body,
+                      headers={"Prefer": "wait"}).status_code == 200
 
     def one(_):
         return httpx.post(f"{live.base_url}/api/v1/models/shortowner/tiny/predictions", json=body, timeout=60,
@@ -50,7 +54,7 @@ def test_64_concurrent_calls_on_a_short_balance(user_api, live, tmp_path):
     with ThreadPoolExecutor(max_workers=64) as pool:
         responses = list(pool.map(one, range(64)))
     codes = [r.status_code for r in responses]
-    assert set(codes) <= {200, 402}, codes
+    assert set(codes) <= {200, 402}, [(r.status_code, r.text) for r in responses if r.status_code not in (200, 402)]
     assert codes.count(402) > 0 and codes.count(200) > 0
     for r in responses:
         if r.status_code == 402:
@@ -122,9 +126,11 @@ def test_daily_cap_per_key(user_api, live, tmp_path):
 
     api = user_api("capped")
     _ready(api, "m", tmp_path)
+    x = {"input": {"x": [[1.0] * 16]}}
+    # Warm the model first (its cold start could outlast the 1 s deadlines below); ~0.1 credit.
+    assert api.post("/api/v1/models/capped/m/predictions", json=x, headers={"Prefer": "wait"}).status_code == 200
     ApiKey.objects.filter(user__username="capped").update(daily_cap=3 * MICRO)  # covers 2 holds of 1.1
     authcache.invalidate()  # a queryset update sends no signal: tell the web processes
-    x = {"input": {"x": [[1.0] * 16]}}
     headers = {"Prefer": "wait", "Modelport-Deadline-Ms": "1000"}
     codes = [api.post("/api/v1/models/capped/m/predictions", json=x, headers=headers).status_code for _ in range(3)]
     assert codes[:2] == [200, 200]
