@@ -212,3 +212,51 @@ def test_fast_statements_commit_asynchronously_without_leaking_the_setting(live)
     assert synchronous_commit() == "on"
     assert credits_grant(user=user, credits_micro=5, memo="after")
     assert _drift("asyncer") == 0
+
+
+def test_fast_statements_are_prepared_with_index_lookups_and_replanned(transactional_db):
+    """The group statements are really prepared (Django's prepare_threshold=None would make psycopg
+    send them unnamed, parsed and planned on every call), their generic plan finds existing
+    predictions by index (a plan made on a small table scanned all of gateway_prediction per
+    call), and a connection prepares them again after PLAN_MAX_AGE_S."""
+    import json
+
+    from django.db import connection
+    from django.utils import timezone
+    from modelport.accounts.services import user_create
+    from modelport.gateway import fastsql, services
+    from modelport.gateway.models import Prediction
+    from modelport.registry.models import Model, ModelVersion
+
+    user = user_create(username="preparer")
+    model = Model.objects.create(owner=user, name="m")
+    version = ModelVersion.objects.create(model=model, number=1, format="onnx", status="ready", upload_sha256="0" * 64,
+                                          upload_filename="m.onnx", signature={"inputs": [], "outputs": []})
+
+    def row() -> dict:
+        now = timezone.now()
+        return fastsql.admission_row(Prediction(
+            user=user, account_id=services._account_id(user.pk), version=version, protocol="native",
+            quote={"hardware": "cpu", "base": 0, "per_second": 0, "royalty": 0}, hold_amount=0,
+            deadline_at=now, created_at=now))
+
+    def prepared() -> dict[str, tuple[str, object]]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT name, statement, prepare_time FROM pg_prepared_statements "
+                           "WHERE statement LIKE '%%jsonb_to_recordset%%'")
+            return {name: (statement, at) for name, statement, at in cursor.fetchall()}
+
+    first = row()
+    assert fastsql.admit_many([first]) == {first["id"]}
+    assert fastsql.admit_many([row()])
+    (name, (_, prepared_at)), = prepared().items()  # one statement, prepared once, executed twice
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN EXECUTE {name}(%s)", [json.dumps([row(), first])])
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+    assert "Seq Scan on gateway_prediction" not in plan and "Anti Join" not in plan, plan
+    assert "Index Only Scan" in plan or "Index Scan" in plan, plan
+
+    connection.connection._modelport_plans_at -= fastsql.PLAN_MAX_AGE_S + 1
+    assert fastsql.admit_many([row()])
+    (_, (_, again_at)), = prepared().items()
+    assert again_at > prepared_at

@@ -22,6 +22,7 @@ and every other money movement stay synchronous.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,7 +75,7 @@ WITH cfg AS (
 ), v AS (
     SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v({_ROW_TYPES})
 ), fresh AS (
-    SELECT v.* FROM v WHERE NOT EXISTS (SELECT 1 FROM gateway_prediction g WHERE g.id = v.id)
+    SELECT v.* FROM v WHERE (SELECT g.id FROM gateway_prediction g WHERE g.id = v.id) IS NULL
 ), need AS (
     SELECT account_id, sum({amount}) AS total FROM fresh GROUP BY account_id
 ), acc AS (
@@ -128,21 +129,39 @@ RETURNING id
 """
 
 
+# How long a connection keeps the generic plans of the statements below before they are
+# prepared again: a plan is made once, from the table sizes of that moment (a plan made while
+# gateway_prediction held a few rows scanned the whole table on every call once it had
+# thousands), and PostgreSQL replaces it only when an ANALYZE of a table it reads invalidates it.
+PLAN_MAX_AGE_S = 60.0
+
+
 @contextmanager
 def _prepared() -> Iterator[psycopg.Cursor]:
-    """A cursor for the statements below that prepares each one once per connection and runs
-    it with a generic plan (`plan_cache_mode = force_generic_plan` on that session; Django's own
-    queries are never prepared, so nothing else is affected). Measured here: planning these
-    statements of data-modifying CTEs was a third of their time, and PostgreSQL's default
-    (`auto`) kept re-planning them; RECORD_MANY went from 3.7 to 2.1 ms per call at
-    concurrency 1 (alternating runs, same connection settings otherwise). Database errors are
-    Django's (IntegrityError…), as from Django's own cursors."""
+    """A cursor for the statements below that prepares each one once per connection (again
+    after PLAN_MAX_AGE_S) and runs it with a generic plan (`plan_cache_mode =
+    force_generic_plan` on that session). Measured here: planning these statements of
+    data-modifying CTEs was a third of their time, and PostgreSQL's default (`auto`) kept
+    re-planning them.
+
+    Django opens its connections with `prepare_threshold=None`, with which psycopg ignores
+    `prepare=True` too: until session 5 these statements went out unnamed and were parsed and
+    planned on every call. A threshold psycopg never reaches by counting prepares only what asks
+    to be; Django's own cursors bind client-side and never prepare, so nothing else is affected.
+    Measured (wrk c=1, MLP): PostgreSQL CPU per call ~1.6 → ~0.8 ms. Database errors are Django's
+    (IntegrityError…), as from Django's own cursors."""
     connection.ensure_connection()
     raw = connection.connection
-    if not getattr(raw, "_modelport_generic_plans", False):
+    now = time.monotonic()
+    planned_at = getattr(raw, "_modelport_plans_at", None)
+    if planned_at is None or now - planned_at > PLAN_MAX_AGE_S:
         with connection.wrap_database_errors:
-            raw.execute("SET plan_cache_mode = force_generic_plan")
-        raw._modelport_generic_plans = True
+            if planned_at is None:
+                raw.execute("SET plan_cache_mode = force_generic_plan")
+                raw.prepare_threshold = 2**31 - 1
+            else:
+                raw.execute("DEALLOCATE ALL")  # psycopg forgets its names on this command too
+        raw._modelport_plans_at = now
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         yield cursor
 
