@@ -135,11 +135,11 @@ def bentoml_peer(python: str, model: Path, body: dict, *, duration: int) -> dict
         proc.stop()
 
 
-def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
-    """CPU seconds used so far by each process group in `groups` (by pgid) and by PostgreSQL's
-    and Redis's server processes; read from /proc."""
+def cpu_by_process(groups: dict[int, str]) -> dict[int, tuple[str, float]]:
+    """{pid: (part, CPU seconds used so far)} for the processes of each process group in `groups`
+    (by pgid) and PostgreSQL's and Redis's server processes; read from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
+    out: dict[int, tuple[str, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -153,7 +153,17 @@ def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
         if label is None:
             label = "postgres" if comm.startswith("postgres") else "redis" if comm.startswith("redis") else None
         if label is not None:
-            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+            out[int(entry)] = (label, (int(fields[11]) + int(fields[12])) / ticks)
+    return out
+
+
+def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each part used between two cpu_by_process readings. Per process, so that one
+    that exited in between (a PostgreSQL backend whose connection closed) does not subtract its
+    whole past from the part; what it used before exiting is not counted (an undercount)."""
+    out: dict[str, float] = {}
+    for pid, (label, seconds) in after.items():
+        out[label] = out.get(label, 0.0) + seconds - before.get(pid, (label, 0.0))[1]
     return out
 
 
@@ -164,14 +174,14 @@ CNNS = {"cnn": "CNN", "cnn-dense": "dense-head CNN"}  # bench model name -> labe
 def wrk_with_cpu(platform: Platform, url: str, body: dict | bytes, *, duration: int, headers: dict[str, str]) -> dict:
     """wrk at concurrency 32, plus the cores each part used meanwhile (`cpu_<name>`)."""
     groups = {proc.popen.pid: name for proc, name in zip(platform.procs, ("web", "serve", "convert"), strict=True)}
-    before, started, children = cpu_by_group(groups), time.monotonic(), os.times()
+    before, started, children = cpu_by_process(groups), time.monotonic(), os.times()
     result = wrk(url, body, connections=32, duration=duration, headers=headers)
-    after, elapsed, done = cpu_by_group(groups), time.monotonic() - started, os.times()
+    after, elapsed, done = cpu_by_process(groups), time.monotonic() - started, os.times()
+    used = cpu_used(before, after)
     # wrk has exited by now: its CPU is in this process's reaped-children times.
-    before["wrk"] = children.children_user + children.children_system
-    after["wrk"] = done.children_user + done.children_system
+    used["wrk"] = done.children_user + done.children_system - children.children_user - children.children_system
     for name in CPU_NAMES:
-        result[f"cpu_{name}"] = (after.get(name, 0.0) - before.get(name, 0.0)) / elapsed
+        result[f"cpu_{name}"] = used.get(name, 0.0) / elapsed
     return result
 
 
