@@ -240,10 +240,10 @@ def test_fast_statements_are_prepared_with_index_lookups_and_replanned(transacti
             quote={"hardware": "cpu", "base": 0, "per_second": 0, "royalty": 0}, hold_amount=0,
             deadline_at=now, created_at=now))
 
-    def prepared() -> dict[str, tuple[str, object]]:
+    def prepared() -> dict[str, tuple[str, object]]:  # ADMIT_MANY's, on this connection
         with connection.cursor() as cursor:
             cursor.execute("SELECT name, statement, prepare_time FROM pg_prepared_statements "
-                           "WHERE statement LIKE '%%jsonb_to_recordset%%'")
+                           "WHERE statement LIKE '%%jsonb_to_recordset%%' AND statement LIKE '%%WHERE hold_amount > 0%%'")
             return {name: (statement, at) for name, statement, at in cursor.fetchall()}
 
     first = row()
