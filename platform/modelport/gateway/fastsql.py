@@ -145,7 +145,7 @@ def _prepared() -> Iterator[psycopg.Cursor]:
     re-planning them.
 
     Django opens its connections with `prepare_threshold=None`, with which psycopg ignores
-    `prepare=True` too: until session 5 these statements went out unnamed and were parsed and
+    `prepare=True` too: without the threshold below these statements go out unnamed, parsed and
     planned on every call. A threshold psycopg never reaches by counting prepares only what asks
     to be; Django's own cursors bind client-side and never prepare, so nothing else is affected.
     Measured (wrk c=1, MLP): PostgreSQL CPU per call ~1.6 → ~0.8 ms. Database errors are Django's
