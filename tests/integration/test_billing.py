@@ -218,10 +218,10 @@ def test_fast_statements_are_prepared_with_index_lookups_and_replanned(transacti
     """The group statements are really prepared (Django's prepare_threshold=None would make psycopg
     send them unnamed, parsed and planned on every call), their generic plan finds existing
     predictions by index (a plan made on a small table scanned all of gateway_prediction per
-    call), and a connection prepares them again after PLAN_MAX_AGE_S."""
+    call), and they are prepared again once the connection is recycled (CONN_MAX_AGE)."""
     import json
 
-    from django.db import connection
+    from django.db import close_old_connections, connection
     from django.utils import timezone
     from modelport.accounts.services import user_create
     from modelport.gateway import fastsql, services
@@ -240,23 +240,24 @@ def test_fast_statements_are_prepared_with_index_lookups_and_replanned(transacti
             quote={"hardware": "cpu", "base": 0, "per_second": 0, "royalty": 0}, hold_amount=0,
             deadline_at=now, created_at=now))
 
-    def prepared() -> dict[str, tuple[str, object]]:  # ADMIT_MANY's, on this connection
+    def prepared() -> dict[str, object]:  # ADMIT_MANY's, on this connection: name -> prepare time
         with connection.cursor() as cursor:
-            cursor.execute("SELECT name, statement, prepare_time FROM pg_prepared_statements "
+            cursor.execute("SELECT name, prepare_time FROM pg_prepared_statements "
                            "WHERE statement LIKE '%%jsonb_to_recordset%%' AND statement LIKE '%%WHERE hold_amount > 0%%'")
-            return {name: (statement, at) for name, statement, at in cursor.fetchall()}
+            return dict(cursor.fetchall())
 
     first = row()
     assert fastsql.admit_many([first]) == {first["id"]}
     assert fastsql.admit_many([row()])
-    (name, (_, prepared_at)), = prepared().items()  # one statement, prepared once, executed twice
+    (name, prepared_at), = prepared().items()  # one statement, prepared once, executed twice
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN EXECUTE {name}(%s)", [json.dumps([row(), first])])
         plan = "\n".join(line for (line,) in cursor.fetchall())
     assert "Seq Scan on gateway_prediction" not in plan and "Anti Join" not in plan, plan
     assert "Index Only Scan" in plan or "Index Scan" in plan, plan
 
-    connection.connection._modelport_plans_at -= fastsql.PLAN_MAX_AGE_S + 1
+    connection.close_at = time.monotonic() - 1  # past CONN_MAX_AGE: recycled, as before a pop or an admission
+    close_old_connections()
     assert fastsql.admit_many([row()])
-    (_, (_, again_at)), = prepared().items()
+    (_, again_at), = prepared().items()
     assert again_at > prepared_at

@@ -22,7 +22,6 @@ and every other money movement stay synchronous.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -129,20 +128,17 @@ RETURNING id
 """
 
 
-# How long a connection keeps the generic plans of the statements below before they are
-# prepared again: a plan is made once, from the table sizes of that moment (a plan made while
-# gateway_prediction held a few rows scanned the whole table on every call once it had
-# thousands), and PostgreSQL replaces it only when an ANALYZE of a table it reads invalidates it.
-PLAN_MAX_AGE_S = 60.0
-
-
 @contextmanager
 def _prepared() -> Iterator[psycopg.Cursor]:
-    """A cursor for the statements below that prepares each one once per connection (again
-    after PLAN_MAX_AGE_S) and runs it with a generic plan (`plan_cache_mode =
-    force_generic_plan` on that session). Measured here: planning these statements of
-    data-modifying CTEs was a third of their time, and PostgreSQL's default (`auto`) kept
-    re-planning them.
+    """A cursor for the statements below that prepares each one once per connection and runs
+    it with a generic plan (`plan_cache_mode = force_generic_plan` on that session). Measured
+    here: planning these statements of data-modifying CTEs was a third of their time, and
+    PostgreSQL's default (`auto`) kept re-planning them. A generic plan is made from the table
+    sizes of its moment and kept while its connection lives; connections live at most
+    CONN_MAX_AGE (60 s, settings), being recycled by close_old_connections() before every
+    admission in the web and every pop in the serving worker, so no plan outlives by long the
+    sizes it was made for (one made while gateway_prediction held a few rows would otherwise scan
+    it whole on every call once it had thousands).
 
     Django opens its connections with `prepare_threshold=None`, with which psycopg ignores
     `prepare=True` too: without the threshold below these statements go out unnamed, parsed and
@@ -152,16 +148,11 @@ def _prepared() -> Iterator[psycopg.Cursor]:
     (IntegrityError…), as from Django's own cursors."""
     connection.ensure_connection()
     raw = connection.connection
-    now = time.monotonic()
-    planned_at = getattr(raw, "_modelport_plans_at", None)
-    if planned_at is None or now - planned_at > PLAN_MAX_AGE_S:
+    if not getattr(raw, "_modelport_generic_plans", False):
         with connection.wrap_database_errors:
-            if planned_at is None:
-                raw.execute("SET plan_cache_mode = force_generic_plan")
-                raw.prepare_threshold = 2**31 - 1
-            else:
-                raw.execute("DEALLOCATE ALL")  # psycopg forgets its names on this command too
-        raw._modelport_plans_at = now
+            raw.execute("SET plan_cache_mode = force_generic_plan")
+        raw.prepare_threshold = 2**31 - 1
+        raw._modelport_generic_plans = True
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         yield cursor
 
