@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "platform"), str(REPO)]
@@ -352,10 +353,10 @@ def main() -> int:
             platform.stop()
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {db}"],
                            check=False)
-            redis_keys = subprocess.run(["redis-cli", "-n", "11", "--scan", "--pattern", f"{platform.prefix}*"],
-                                        capture_output=True, text=True).stdout.split()
-            if redis_keys:
-                subprocess.run(["redis-cli", "-n", "11", "del", *redis_keys], capture_output=True, check=False)
+            bench_redis = redis.Redis.from_url("redis://127.0.0.1:6379/11")
+            keys = list(bench_redis.scan_iter(f"{platform.prefix}*", count=1000))
+            for start in range(0, len(keys), 1000):
+                bench_redis.delete(*keys[start:start + 1000])
 
     print(f"\n{'path':32} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9} {'non-2xx':>8}")
     for label, r in results.items():
