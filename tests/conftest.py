@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,19 @@ def staff_key() -> str:
     from modelport.accounts.services import api_key_issue, user_create
 
     return api_key_issue(user=user_create(username=f"staff{time.monotonic_ns()}", is_staff=True)).secret
+
+
+def wait_recorded(ids: Iterable[str], timeout: float = 10.0) -> None:
+    """Wait until the predictions `ids` have their rows: a postpaid call is answered before its
+    worker writes its row (serving.ServingLoop._record), so a test that reads the database
+    (balance, usage, rows) straight after the answers waits for them first."""
+    from modelport.gateway.models import Prediction
+
+    wanted = set(ids)
+    deadline = time.monotonic() + timeout
+    while Prediction.objects.filter(pk__in=wanted).count() < len(wanted):
+        assert time.monotonic() < deadline, "calls were answered but not recorded"
+        time.sleep(0.02)
 
 
 def call_admissions(base_url: str, key: str) -> dict[str, float]:

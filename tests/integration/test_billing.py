@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from tests.conftest import wait_recorded
 from workers.demo import mlp_onnx
 
 pytestmark = pytest.mark.integration
@@ -102,9 +103,12 @@ def test_usage_json_csv_and_filters(user_api, tmp_path):
     _ready(api, "m1", tmp_path)
     _ready(api, "m2", tmp_path)
     x = {"input": {"x": [[1.0] * 16]}}
+    ids = []
     for model in ("m1", "m1", "m2"):
-        assert api.post(f"/api/v1/models/reporter/{model}/predictions", json=x,
-                        headers={"Prefer": "wait"}).status_code == 200
+        resp = api.post(f"/api/v1/models/reporter/{model}/predictions", json=x, headers={"Prefer": "wait"})
+        assert resp.status_code == 200, resp.text
+        ids.append(resp.json()["id"])
+    wait_recorded(ids)
     resp = api.get("/api/v1/account/usage")
     assert resp.status_code == 200, resp.text
     usage = resp.json()

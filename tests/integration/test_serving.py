@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,9 +11,10 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from django.test import override_settings
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import call_admissions, staff_key
+from tests.conftest import call_admissions, staff_key, wait_recorded
 from workers.demo import mlp_onnx
 
 pytestmark = pytest.mark.integration
@@ -105,6 +107,7 @@ def test_batching_mixed_shapes_each_output_is_its_own(user_api, fleet, tmp_path)
         batch_sizes.append(body["metrics"]["batch_size"])
         charged += body["credits"]["charged_micro"]
     assert max(batch_sizes) > 1, batch_sizes  # concurrent calls were batched
+    wait_recorded(r.json()["id"] for r in responses)
     assert api.balance_micro() == before - charged
     assert drift("batcher") == 0
 
@@ -253,6 +256,7 @@ def test_placement_on_two_workers_and_sigkill_mid_load(user_api, fleet, tmp_path
     beats = {b["pid"]: b for b in fleet.serving_workers()}
     assert beats[w1.popen.pid]["served"] > 0 and beats[w2.popen.pid]["served"] > 0  # both took load
 
+    wait_recorded(r.json()["id"] for r in responses)
     before = api.balance_micro()
     with ThreadPoolExecutor(max_workers=16) as pool:
         futures = [pool.submit(call, fleet.base_url, key, "placer/mlp", x, **{"Modelport-Deadline-Ms": "3000"})
@@ -264,7 +268,8 @@ def test_placement_on_two_workers_and_sigkill_mid_load(user_api, fleet, tmp_path
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) > 0
     time.sleep(6)  # past every deadline plus the reaper's grace
-    predictions_reap(grace_s=0)
+    with override_settings(MODELPORT_REDIS_PREFIX=fleet.prefix):  # this data plane's journals
+        predictions_reap(grace_s=0)
     rows = Prediction.objects.filter(user__username="placer", created_at__gte=min(
         Prediction.objects.filter(user__username="placer").order_by("-created_at")
         .values_list("created_at", flat=True)[:120]))
@@ -439,11 +444,19 @@ def test_postpaid_calls_are_admitted_by_their_settlement_and_a_drained_account_i
         resp = call(fleet.base_url, key, "postpaid/mlp", x)
         assert resp.status_code == 200, resp.text
         ids.append(resp.json()["id"])
+    # Read straight after its answer (a postpaid call is answered before its row is written):
+    # found, as answered. The worker records in order, so the earlier rows are there too.
+    stored = httpx.get(f"{fleet.base_url}/api/v1/predictions/{ids[-1]}", headers={"Authorization": key}).json()
+    answered = resp.json()
+    assert [stored[k] for k in ("id", "status", "output", "credits")] == [
+        answered[k] for k in ("id", "status", "output", "credits")]
     rows = {p.id: p for p in Prediction.objects.filter(pk__in=ids)}
     assert all(rows[i].status == "succeeded" and rows[i].charged > 0 for i in ids)
     assert rows[ids[0]].hold_amount > rows[ids[0]].charged  # the first was admitted (held) before it ran
     later = [rows[i] for i in ids[1:] if rows[i].hold_amount == rows[i].charged]
     assert later, "no call ran postpaid"
+    journals = [json.loads(fleet.redis.get(k)) for k in fleet.redis.scan_iter(f"{fleet.prefix}:journal:*")]
+    assert [[r["id"] for r in rows] for rows in journals] == [[later[-1].id]]  # written with its answer
     for p in later:
         entries = sorted(LedgerEntry.objects.filter(prediction_id=p.id).values_list("kind", "amount"))
         assert entries == [("hold", -p.charged), ("settle", 0)]
@@ -463,39 +476,111 @@ def test_postpaid_calls_are_admitted_by_their_settlement_and_a_drained_account_i
     assert drift("postpaid") == 0
 
 
-def test_record_many_never_takes_a_balance_below_zero(user_api, live, tmp_path):
-    """The postpaid statement (RECORD_MANY) itself: per account it records a group only when
-    the balance covers the group's charges; a row whose id exists is never recorded again."""
+def served_row(version_id: int, *, charged: int = 1_000_000) -> dict:
+    """A postpaid call as its worker records it after answering it (RECORD_MANY's row), for
+    version `version_id`'s owner: succeeded, charged `charged` µc."""
     from django.utils import timezone
     from modelport.gateway import fastsql, services
     from modelport.gateway.models import Prediction
     from modelport.registry.models import ModelVersion
 
+    version = ModelVersion.objects.select_related("model").get(pk=version_id)
+    now = timezone.now()
+    base = fastsql.admission_row(Prediction(
+        user_id=version.model.owner_id, account_id=services._account_id(version.model.owner_id), version=version,
+        protocol="native", quote={"hardware": "cpu", "base": 0, "per_second": 0, "royalty": 0},
+        hold_amount=2 * charged, deadline_at=now, created_at=now))
+    return {**base, "status": "succeeded", "output": {"y": [[1.0, None]]}, "charged": charged,
+            "hold_amount": charged, "metrics": {"batch_size": 1}, "started_at": now, "completed_at": now}
+
+
+def test_record_many_never_takes_a_balance_below_zero(user_api, live, tmp_path):
+    """The postpaid statement (RECORD_MANY) itself: per account it records a group only when
+    the balance covers the group's charges; a row whose id exists is never recorded again."""
+    from modelport.gateway import fastsql
+    from modelport.gateway.models import Prediction
+
     api = user_api("recorder", credits=3)
     vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
-    version = ModelVersion.objects.get(pk=vid)
-    account_id = services._account_id(version.model.owner_id)
-
-    def row() -> dict:
-        now = timezone.now()
-        base = fastsql.admission_row(Prediction(
-            user_id=version.model.owner_id, account_id=account_id, version=version, protocol="native",
-            quote={"hardware": "cpu", "base": 0, "per_second": 0, "royalty": 0}, hold_amount=2_000_000,
-            deadline_at=now, created_at=now))
-        return {**base, "status": "succeeded", "output": {"y": [[1.0, None]]}, "charged": 1_000_000,
-                "hold_amount": 1_000_000, "metrics": {"batch_size": 1}, "started_at": now, "completed_at": now}
-
     balances: dict[int, int] = {}
-    first = [row() for _ in range(2)]
+    first = [served_row(vid) for _ in range(2)]
+    account_id = first[0]["account_id"]
     assert fastsql.record_many(first, balances=balances) == {r["id"]: 1_000_000 for r in first}
     assert balances == {account_id: 1_000_000}
     assert fastsql.record_many(first, balances=balances) == {}  # already recorded: not again
-    assert fastsql.record_many([row(), row()], balances=balances) == {}  # 2 asked, 1 left: refused whole
+    assert fastsql.record_many([served_row(vid), served_row(vid)], balances=balances) == {}  # 2 asked, 1 left
     assert api.balance_micro() == 1_000_000
     stored = Prediction.objects.get(pk=first[0]["id"])
     assert stored.status == "succeeded" and stored.output == {"y": [[1.0, None]]}
     assert Prediction.objects.filter(user__username="recorder").count() == 2
     assert drift("recorder") == 0
+
+
+def test_answered_calls_a_dead_worker_never_recorded_are_recorded_from_its_journal(user_api, live, tmp_path):
+    """A worker answers postpaid calls before their rows are written, with the rows in its
+    journal. Played here: a worker killed in between. The reaper records them, each once,
+    charged as answered where the balance covers it and uncharged where the account ran dry
+    meanwhile (never below zero); replaying again changes nothing."""
+    from modelport.gateway import dispatch, fastsql
+    from modelport.gateway.models import Prediction
+    from modelport.gateway.services import predictions_reap
+
+    api = user_api("journaled", credits=3)
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    for key in live.redis.scan_iter(dispatch.journal_key("*")):  # earlier tests' (their rows are gone)
+        live.redis.delete(key)
+    first, second = [served_row(vid) for _ in range(2)], [served_row(vid) for _ in range(2)]
+    live.redis.set(dispatch.journal_key("dead-a:1"), fastsql.rows_json(first), ex=60)
+    assert predictions_reap(grace_s=0) == 2
+    assert {p.id: (p.status, p.charged) for p in Prediction.objects.filter(user__username="journaled")} == {
+        r["id"]: ("succeeded", 1_000_000) for r in first}
+    assert api.balance_micro() == 1_000_000
+
+    live.redis.set(dispatch.journal_key("dead-b:2"), fastsql.rows_json(second), ex=60)  # 2M due, 1M left
+    assert predictions_reap(grace_s=0) == 2
+    charged = sorted(Prediction.objects.filter(pk__in=[r["id"] for r in second]).values_list("status", "charged"))
+    assert charged == [("succeeded", 0), ("succeeded", 1_000_000)]
+    assert api.balance_micro() == 0
+    assert predictions_reap(grace_s=0) == 0  # both journals again: all recorded already
+    assert Prediction.objects.filter(user__username="journaled").count() == 4
+    assert drift("journaled") == 0
+
+
+def test_a_prediction_being_recorded_is_waited_for_and_an_unknown_one_is_404_at_once(user_api, fleet, tmp_path):
+    """GET of a postpaid call's prediction straight after its answer finds it: while the call is
+    in a worker's journal without a row, the read waits for the row; an id in no journal is 404
+    at once. Played with a worker (registered, with a journal) that writes the row late."""
+    import threading
+
+    from modelport.gateway import fastsql
+
+    api = user_api("reader")
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    row = served_row(vid)
+    fleet.redis.hset(f"{fleet.prefix}:workers", "late:1", json.dumps({"id": "late:1", "ts": time.time()}))
+    fleet.redis.set(f"{fleet.prefix}:journal:late:1", fastsql.rows_json([served_row(vid), row]), ex=60)
+
+    def record_late() -> None:
+        from django.db import connection
+
+        fastsql.record_many([row], balances={})
+        connection.close()
+
+    auth = {"Authorization": api.http.headers["Authorization"]}
+    writer = threading.Timer(0.4, record_late)
+    started = time.monotonic()
+    writer.start()
+    resp = httpx.get(f"{fleet.base_url}/api/v1/predictions/{row['id']}", headers=auth, timeout=10)
+    waited = time.monotonic() - started
+    writer.join()
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == "succeeded" and resp.json()["output"] == {"y": [[1.0, None]]}
+    assert waited >= 0.35
+
+    started = time.monotonic()
+    other = served_row(vid)["id"]
+    assert httpx.get(f"{fleet.base_url}/api/v1/predictions/{other}", headers=auth, timeout=10).status_code == 404
+    assert time.monotonic() - started < 0.35
 
 
 def test_non_finite_outputs_are_null_and_the_call_is_settled(user_api, fleet, tmp_path):
@@ -522,6 +607,7 @@ def test_non_finite_outputs_are_null_and_the_call_is_settled(user_api, fleet, tm
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["output"] == {"y": [[0.5, None, None]]}
+        wait_recorded([body["id"]])
         assert Prediction.objects.get(pk=body["id"]).output == {"y": [[0.5, None, None]]}
     assert api.balance_micro() < before
     assert drift("nanny") == 0

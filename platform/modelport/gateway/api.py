@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -351,11 +352,29 @@ def _native_reply(prediction: Prediction, reply: tuple[dict[str, Any], list] | N
 def prediction_for(*, user: Any, prediction_id: str) -> Prediction:
     if "\x00" in prediction_id:
         raise Problem(404, "prediction not found")
-    prediction = (Prediction.objects.select_related("version__model__owner")
-                  .filter(pk=prediction_id, user=user).first())
+    found = Prediction.objects.select_related("version__model__owner").filter(pk=prediction_id, user=user)
+    prediction = found.first()
+    if prediction is None and _being_recorded(prediction_id):
+        # A postpaid call's reply leaves its worker before its row is written (~1 ms; see
+        # serving.ServingLoop._record): a caller reading it straight after its answer waits for it
+        # (a 404 costs two Redis round trips more: the workers' names and one look in their journals).
+        give_up = time.monotonic() + RECORDING_WAIT_S
+        while prediction is None and time.monotonic() < give_up:
+            time.sleep(0.005)
+            prediction = found.first()
     if prediction is None:
         raise Problem(404, f"prediction {prediction_id} not found")
     return prediction
+
+
+RECORDING_WAIT_S = 2.0
+
+
+def _being_recorded(prediction_id: str) -> bool:
+    try:
+        return dispatch.being_recorded(dispatch.sync_redis(), prediction_id)
+    except redis.RedisError:  # the row may only be missing: answer as if it were
+        return False
 
 
 class PredictionDetailView(APIView):

@@ -7,6 +7,9 @@ Keys (all under MODELPORT_REDIS_PREFIX):
 - `q:v<version_id>`  calls for a version, popped by workers that have it loaded;
 - `q:cold`           calls for versions no live worker has loaded (any worker pops, loads);
 - `reply:<prediction_id>` one reply frame, expiring;
+- `journal:<worker_id>` the rows of the postpaid calls a worker last answered, written with
+  their replies and before their rows (serving.ServingLoop._record): the reaper records them
+  if the worker died in between, and a reader that finds no row for a call in it waits;
 - `workers`          hash worker-id → heartbeat JSON (host, device, memory, loaded versions…).
 """
 
@@ -21,6 +24,7 @@ import redis
 from django.conf import settings
 
 REPLY_TTL_S = 300
+JOURNAL_TTL_S = 3600
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +47,10 @@ def cold_queue() -> str:
 
 def reply_key(prediction_id: str) -> str:
     return key("reply", prediction_id)
+
+
+def journal_key(worker_id: str) -> str:
+    return key("journal", worker_id)
 
 
 def workers_key() -> str:
@@ -83,6 +91,27 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 return 'ok'
 """
+
+
+# Whether a prediction id is in any of the journals KEYS (ARGV[1]: the id, quoted as in JSON).
+IN_JOURNALS = """
+for i = 1, #KEYS do
+    local journal = redis.call('GET', KEYS[i])
+    if journal and string.find(journal, ARGV[1], 1, true) then
+        return 1
+    end
+end
+return 0
+"""
+
+
+def being_recorded(client: redis.Redis, prediction_id: str) -> bool:
+    """Whether a serving worker answered the call `prediction_id` and has not written its row
+    yet (it is in the worker's journal; a journal's calls whose rows exist are not asked about)."""
+    workers = [w.decode() for w in client.hkeys(workers_key())]
+    if not workers:
+        return False
+    return bool(client.eval(IN_JOURNALS, len(workers), *[journal_key(w) for w in workers], f'"{prediction_id}"'))
 
 
 def live_workers(raw: dict[bytes | str, bytes | str], *, now: float | None = None) -> list[dict[str, Any]]:

@@ -185,12 +185,17 @@ def record_many(rows: list[dict[str, Any]], *, balances: dict[int, int]) -> dict
     recorded; each recording account's balance after it goes into `balances`. Raises
     IntegrityError when a row's id was inserted concurrently (the web's abandon)."""
     with _prepared() as cursor:
-        cursor.execute(RECORD_MANY, [json.dumps(rows, default=_json_default)], prepare=True)
+        cursor.execute(RECORD_MANY, [rows_json(rows)], prepare=True)
         charged = {}
         for pid, account_id, balance, amount in cursor.fetchall():
             charged[pid] = int(amount)
             balances[account_id] = int(balance)
         return charged
+
+
+def rows_json(rows: list[dict[str, Any]]) -> str:
+    """`rows` as the JSON RECORD_MANY reads (datetimes in ISO 8601)."""
+    return json.dumps(rows, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

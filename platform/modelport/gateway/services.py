@@ -8,6 +8,7 @@ inside the transaction that writes the matching ledger entries; whoever loses th
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,8 @@ from modelport.gateway import authcache, dispatch, fastsql, ratelimit, webhooks
 from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry.models import ModelVersion
+
+log = logging.getLogger(__name__)
 
 MAX_VERSION_NUMBER = 2**31 - 1  # PostgreSQL integer; larger numbers cannot exist
 RESOLVED_VERSION_ID = 13  # index of the version id in a fastsql.RESOLVE row
@@ -394,17 +397,77 @@ def outputs_expire() -> int:
 
 
 def predictions_reap(*, grace_s: float = 5.0) -> int:
-    """Fail calls whose deadline passed without a result (lost worker, lost message, dead web
-    process) and release their holds. Safe to run concurrently with anything."""
+    """Record the answered calls of serving workers' journals that their worker did not record
+    (it died between the reply and the statement), then fail calls whose deadline passed
+    without a result (lost worker, lost message, dead web process) and release their holds.
+    Returns how many calls it recorded or failed. Safe to run concurrently with anything."""
+    reaped = len(served_journals_replay())
     cutoff = timezone.now() - timedelta(seconds=grace_s)
     ids = list(Prediction.objects.filter(
         status__in=[Prediction.Status.STARTING, Prediction.Status.PROCESSING], deadline_at__lt=cutoff,
     ).values_list("pk", flat=True)[:1000])
-    reaped = 0
     for pid in ids:
         if prediction_fail(prediction_id=pid, code="deadline", message="no worker answered before the deadline"):
             reaped += 1
     return reaped
+
+
+def predictions_record_served(*, rows: list[dict[str, Any]], balances: dict[int, int]) -> tuple[set[str], set[int]]:
+    """Record postpaid calls that a worker served and answered (fastsql.RECORD_MANY rows, each
+    `charged` its price): admitted and settled in one statement per group, charged as answered.
+    Idempotent: a row whose id exists (recorded before, or failed by the web at its deadline,
+    which then answered 503 and never read the worker's reply) is left as it is. A call whose
+    account no longer covers its charge (drained by other workers within the worker's balance
+    view) is recorded succeeded and uncharged: it was answered, and the balance never goes
+    below zero. Returns (ids recorded now, accounts that ran dry); the accounts' balances after
+    the statement go into `balances`."""
+    def record(group: list[dict[str, Any]]) -> set[str]:
+        try:
+            return set(fastsql.record_many(group, balances=balances))
+        except IntegrityError:  # raced the web's abandon() or a journal replay: go call by call
+            return set()
+
+    recorded = record(rows)
+    if len(rows) > 1:  # the group as a whole was refused or raced: what fits, call by call
+        for row in rows:
+            if row["id"] not in recorded:
+                recorded |= record([row])
+    missing = {row["id"]: row for row in rows if row["id"] not in recorded}
+    if missing:
+        existing = set(Prediction.objects.filter(pk__in=list(missing)).values_list("pk", flat=True))
+        missing = {pid: row for pid, row in missing.items() if pid not in existing}
+    dry = set()
+    for pid, row in missing.items():
+        log.warning("call %s was answered but its account no longer covers %s µc: recorded uncharged",
+                    pid, row["charged"])
+        dry.add(int(row["account_id"]))
+        recorded |= record([{**row, "charged": 0, "hold_amount": 0}])
+    return recorded, dry
+
+
+def served_journals_replay() -> set[str]:
+    """Record what the serving workers' journals hold and nobody recorded (see
+    predictions_record_served; a journal of a live worker is replayed harmlessly: its rows are
+    recorded already or are being recorded, and each is recorded once). Returns the ids
+    recorded here. A journal expires an hour after its worker last wrote it."""
+    client = dispatch.sync_redis()
+    recorded: set[str] = set()
+    try:
+        keys = list(client.scan_iter(dispatch.key("journal", "*"), count=1000))
+        journals = [raw for raw in client.mget(keys) if raw] if keys else []
+    except redis.RedisError as exc:
+        log.warning("serving journals unreadable: %s", exc)
+        return recorded
+    for raw in journals:
+        rows = json.loads(raw)
+        existing = set(Prediction.objects.filter(pk__in=[r["id"] for r in rows]).values_list("pk", flat=True))
+        rows = [r for r in rows if r["id"] not in existing]  # the usual case: the worker recorded them
+        if rows:
+            found, _ = predictions_record_served(rows=rows, balances={})
+            recorded |= found
+    if recorded:
+        log.warning("recorded %d answered calls from serving journals", len(recorded))
+    return recorded
 
 
 def outputs_to_json(outputs: list[tuple[str, np.ndarray]]) -> dict[str, Any]:

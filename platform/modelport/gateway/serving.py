@@ -1,7 +1,9 @@
 """The serving loop inside an inference worker process (started by the Celery `--serve` step).
 
 It pops call frames from Redis (see dispatch.py), runs them with the `workers.runtime` cache,
-records each result and settles its charge (gateway.services), then pushes the reply frame.
+records each result and settles its charge (gateway.services), and pushes the reply frame:
+after the settlement for calls admitted before they ran, before the recording for postpaid
+calls (see `_record`).
 
 - Dynamic batching: after popping a call for a batchable version, the loop takes more calls of
   that version from its list until `max_batch_size` rows or until the oldest has waited
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import redis
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections
+from django.db import DatabaseError, IntegrityError, close_old_connections
 
 from modelport.common.logging import request_id_bound
 from modelport.gateway import authcache, dispatch, fastsql, services
@@ -138,6 +140,8 @@ class ServingLoop:
         # users, models and versions and any ledger adjustment that lowers a balance set it).
         self.balances: dict[int, tuple[int, float]] = {}
         self.admission_token: bytes | None = None
+        # Rows of postpaid calls answered but not recorded yet (the database failed): see _record.
+        self.unrecorded: list[dict[str, Any]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -551,7 +555,8 @@ class ServingLoop:
     def _finish_fast(self, done: list[Done]) -> None:
         """Settle executed calls in one statement (gateway/fastsql.py) and send every reply in
         one Redis pipeline, rendering from what the frames carry — no ORM round trips. Same
-        outcome per call as services.prediction_succeed."""
+        outcome per call as services.prediction_succeed. Calls admitted before they ran are
+        settled before their replies go; postpaid calls are recorded after (`_record`)."""
         now = time.time()
         completed_at = datetime.fromtimestamp(now, UTC)
         rows = []
@@ -572,14 +577,16 @@ class ServingLoop:
         held = [row for d, row in zip(done, rows, strict=True) if not d.call.postpaid]
         charged_by_id = fastsql.settle_many(rows=held, hardware=self.cache.hardware, worker=self.worker_id) \
             if held else {}
-        refused = self._record([(d, row) for d, row in zip(done, rows, strict=True) if d.call.postpaid],
-                               charged_by_id)
+        served = self._served_rows([(d, row) for d, row in zip(done, rows, strict=True) if d.call.postpaid])
+        for pid, full in served.items():  # what the recording below charges, unless the account ran dry
+            charged_by_id[pid] = full["charged"]
         self.served += len(done)
         pipe = self.redis.pipeline(transaction=False)
+        unrecorded = self.unrecorded + list(served.values())
+        if served:  # first: a reply never leaves without the journal entry that records its call
+            pipe.set(dispatch.journal_key(self.worker_id), fastsql.rows_json(unrecorded), ex=dispatch.JOURNAL_TTL_S)
         for d, row in zip(done, rows, strict=True):
             header = d.call.header
-            if header["id"] in refused:
-                continue
             with request_id_bound(header.get("request_id")):
                 log.info("call %s served: batch %d, compute %d us", header["id"], d.batch_size, d.compute_us)
             charged = charged_by_id.get(header["id"])
@@ -599,13 +606,10 @@ class ServingLoop:
             pipe.rpush(header["reply"], wire.pack(payload, tensors))
             pipe.expire(header["reply"], dispatch.REPLY_TTL_S)
         pipe.execute()
+        self._record(unrecorded)
 
-    def _record(self, done: list[tuple[Done, dict[str, Any]]], charged_by_id: dict[str, int]) -> set[str]:
-        """Admit and settle postpaid calls in one statement (fastsql.RECORD_MANY), adding what
-        each was charged to `charged_by_id`. Calls it could not record are answered here (402,
-        or 503 when the web already recorded them failed) and returned."""
-        if not done:
-            return set()
+    def _served_rows(self, done: list[tuple[Done, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+        """The complete rows (RECORD_MANY's) of executed postpaid calls, by prediction id."""
         full = {}
         for d, row in done:
             admit = d.call.header["admit"]
@@ -614,20 +618,27 @@ class ServingLoop:
                 **admit, "status": "succeeded", "output": row["output"], "metrics": row["metrics"],
                 "hardware": self.cache.hardware, "worker": self.worker_id, "started_at": row["started_at"],
                 "completed_at": row["completed_at"], "charged": charged, "hold_amount": charged, "royalty": 0}
+        return full
+
+    def _record(self, rows: list[dict[str, Any]]) -> None:
+        """Admit and settle, in one statement, postpaid calls whose replies are already sent
+        (services.predictions_record_served). Recording after the reply takes the statement
+        (~0.7 ms at c=1, a quarter of the call) off the caller's wait. Nothing is lost if this
+        worker dies before the statement commits: the rows went to Redis with the replies (this
+        worker's journal, written ahead of them in the same pipeline), and the reaper records
+        them (services.predictions_reap). A reader of the prediction in between finds it in the
+        journal and waits for its row (api.prediction_for). Should the database fail, the rows
+        stay in `unrecorded` (and in the journal) and go again with the next group."""
+        if not rows:
+            return
         balances: dict[int, int] = {}
         try:
-            charged_by_id.update(fastsql.record_many(list(full.values()), balances=balances))
-        except IntegrityError:  # raced the web's abandon(): go call by call
-            for row in full.values():
-                try:
-                    charged_by_id.update(fastsql.record_many([row], balances=balances))
-                except IntegrityError:
-                    pass
-        refused = set()
-        for d, _ in done:
-            if d.call.header["id"] not in charged_by_id:
-                refused.add(d.call.header["id"])
-                self.balances.pop(d.call.header["admit"]["account_id"], None)  # admit first from now on
-                self._refuse(d.call)
+            _, dry = services.predictions_record_served(rows=rows, balances=balances)
+        except DatabaseError as exc:
+            log.warning("recording %d answered calls failed (%s); retried with the next group", len(rows), exc)
+            self.unrecorded = rows
+            return
+        self.unrecorded = []
+        for account_id in dry:
+            self.balances.pop(account_id, None)  # admit first from now on
         self._saw_balances(balances)
-        return refused
