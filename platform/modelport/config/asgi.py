@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -9,3 +10,8 @@ from modelport.gateway.fastlane import FastLane  # noqa: E402 - needs Django set
 
 # Inference calls with an API key bypass Django's middleware (see gateway/fastlane.py).
 application = FastLane(django_application)
+
+# What startup created lives as long as the process: out of the collector's full passes with it
+# (measured here: a full collection over the ~110k startup objects took 20-70 ms, on a ~2 ms call,
+# and full collections were the c=1 tail).
+gc.freeze()

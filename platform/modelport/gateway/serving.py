@@ -20,6 +20,7 @@ One serving thread per process; a second thread sends heartbeats and does placem
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -146,6 +147,7 @@ class ServingLoop:
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         metrics.worker_metrics_start()
+        gc.freeze()  # startup's objects (Django, onnxruntime…) out of full collections: see config/asgi.py
         for target, name in ((self._run, "mp-serving"), (self._heartbeat_loop, "mp-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
