@@ -21,6 +21,7 @@ and every other money movement stay synchronous.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -223,7 +224,11 @@ def abandon(row: dict[str, Any], *, code: str, message: str, at: str) -> bool:
         return cursor.fetchone() is not None
 
 
+@functools.cache
 def available() -> bool:
+    """Whether these statements apply (PostgreSQL). Cached: the database's vendor is fixed for the
+    life of a process, and reading it through Django's connection proxy (an asgiref Local on the
+    web's event loop) cost ~4 % of the web's CPU per call at c=32 (py-spy)."""
     return connection.vendor == "postgresql"
 
 
