@@ -84,6 +84,7 @@ class Call:
     popped: float
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
     postpaid: bool = False  # runs before its admission, which its settlement statement does
+    answered: bool = False  # its reply is sent: whatever fails after, it is not failed
 
     @property
     def rows(self) -> int:
@@ -262,11 +263,12 @@ class ServingLoop:
                 continue
             try:
                 self.serve(self._admit(calls))
-            except Exception:  # the loop must survive anything; the calls themselves are failed
+            except Exception:  # the loop must survive anything; the calls not answered are failed
                 log.exception("serving failed")
                 for call in calls:
-                    self._fail(call, code="internal", message="the worker failed while serving this call",
-                               http_status=503)
+                    if not call.answered:
+                        self._fail(call, code="internal", message="the worker failed while serving this call",
+                                   http_status=503)
 
     def _pop(self, queues: list[str]) -> tuple[str, list[bytes]] | None:
         """Wait up to 1 s for calls: (the list they came from, up to GROUP_MAX of its frames).
@@ -608,6 +610,8 @@ class ServingLoop:
             pipe.rpush(header["reply"], wire.pack(payload, tensors))
             pipe.expire(header["reply"], dispatch.REPLY_TTL_S)
         pipe.execute()
+        for d in done:
+            d.call.answered = True
         self._record(unrecorded)
 
     def _served_rows(self, done: list[tuple[Done, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
