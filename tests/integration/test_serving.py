@@ -546,6 +546,37 @@ def test_answered_calls_a_dead_worker_never_recorded_are_recorded_from_its_journ
     assert drift("journaled") == 0
 
 
+def test_answered_calls_whose_recording_failed_go_again_with_the_next_group(user_api, live, tmp_path, monkeypatch):
+    """The worker's recording after the reply (ServingLoop._record): when the database fails,
+    the answered calls stay with the worker and are recorded with its next group, once each."""
+    from django.db import OperationalError
+    from modelport.gateway import services
+    from modelport.gateway.models import Prediction
+    from modelport.gateway.serving import ServingLoop
+
+    api = user_api("retrier")
+    vid = ready_model(api, "mlp", mlp_onnx(tmp_path / "mlp.onnx"))
+    loop = ServingLoop(worker_id="retrier:1")
+    first, second = served_row(vid), served_row(vid)
+    before = api.balance_micro()
+    working = services.predictions_record_served
+
+    def database_down(**kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(services, "predictions_record_served", database_down)
+    loop._record([first])
+    assert [r["id"] for r in loop.unrecorded] == [first["id"]]
+    assert not Prediction.objects.filter(pk=first["id"]).exists()
+    monkeypatch.setattr(services, "predictions_record_served", working)
+    loop._record([*loop.unrecorded, second])
+    assert loop.unrecorded == []
+    assert dict(Prediction.objects.filter(user__username="retrier").values_list("pk", "charged")) == {
+        first["id"]: 1_000_000, second["id"]: 1_000_000}
+    assert api.balance_micro() == before - 2_000_000
+    assert drift("retrier") == 0
+
+
 def test_a_prediction_being_recorded_is_waited_for_and_an_unknown_one_is_404_at_once(user_api, fleet, tmp_path):
     """GET of a postpaid call's prediction straight after its answer finds it: while the call is
     in a worker's journal without a row, the read waits for the row; an id in no journal is 404

@@ -638,11 +638,11 @@ class ServingLoop:
         if not rows:
             return
         balances: dict[int, int] = {}
+        self.unrecorded = rows  # until the statement commits, whatever it raises
         try:
             _, dry = services.predictions_record_served(rows=rows, balances=balances)
         except DatabaseError as exc:
             log.warning("recording %d answered calls failed (%s); retried with the next group", len(rows), exc)
-            self.unrecorded = rows
             return
         self.unrecorded = []
         for account_id in dry:
