@@ -17,6 +17,7 @@ from modelport.ops.models import AuditEntry
 from modelport.registry.models import ModelVersion
 
 from tests import stack as stk
+from tests.conftest import wait_recorded
 from tests.ops.conftest import AdminSession, call, make_staff, ready_model, rows
 
 pytestmark = pytest.mark.integration
@@ -159,9 +160,11 @@ def test_request_id_reaches_the_web_log_line_and_the_prediction(live, alice, mlp
     resp = call(alice, "alice", "traced", headers={"X-Request-Id": request_id})
     assert resp.status_code == 200
     assert resp.headers["x-request-id"] == request_id
+    wait_recorded([resp.json()["id"]])  # a postpaid call is answered before its row is written
     assert Prediction.objects.get(pk=resp.json()["id"]).request_id == request_id
-    lines = [line for line in live.procs["web"].log().splitlines() if request_id in line]
-    assert any(f"[{request_id}] POST /api/v1/models/alice/traced/predictions 200" in line for line in lines), lines
+    access = f"[{request_id}] POST /api/v1/models/alice/traced/predictions 200"
+    # The access line is written once the response is sent.
+    assert _wait(lambda: access in live.procs["web"].log(), timeout=5), live.procs["web"].log()[-3000:]
 
     # Without one (or with an unusable one) the web tier makes one up and says which.
     made = call(alice, "alice", "traced", headers={"X-Request-Id": "bad id with spaces"})

@@ -100,9 +100,10 @@ class FastLane:
             assert isinstance(response, HttpResponse)
             response[REQUEST_ID_HEADER] = request_id
             elapsed = time.perf_counter() - started
+            # The response first: the metrics and the access line are off the caller's wait.
+            await self.django_app.send_response(response, send)
             observe(request, response.status_code, elapsed)
             log_access(request, response.status_code, elapsed * 1000.0, lane="fast")
-        await self.django_app.send_response(response, send)
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes | None:

@@ -591,8 +591,6 @@ class ServingLoop:
             pipe.set(dispatch.journal_key(self.worker_id), fastsql.rows_json(unrecorded), ex=dispatch.JOURNAL_TTL_S)
         for d, row in zip(done, rows, strict=True):
             header = d.call.header
-            with request_id_bound(header.get("request_id")):
-                log.info("call %s served: batch %d, compute %d us", header["id"], d.batch_size, d.compute_us)
             charged = charged_by_id.get(header["id"])
             if charged is None:  # the web tier (deadline) or a cancel got there first: no charge
                 payload: dict[str, Any] = {"ok": False, "status": 503, "code": "deadline",
@@ -610,8 +608,10 @@ class ServingLoop:
             pipe.rpush(header["reply"], wire.pack(payload, tensors))
             pipe.expire(header["reply"], dispatch.REPLY_TTL_S)
         pipe.execute()
-        for d in done:
+        for d in done:  # logged once answered: the log lines are off the callers' wait
             d.call.answered = True
+            with request_id_bound(d.call.header.get("request_id")):
+                log.info("call %s served: batch %d, compute %d us", d.call.header["id"], d.batch_size, d.compute_us)
         self._record(unrecorded)
 
     def _served_rows(self, done: list[tuple[Done, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
