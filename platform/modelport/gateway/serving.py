@@ -83,7 +83,7 @@ class Call:
     tensors: list[tuple[str, np.ndarray]]
     popped: float
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
-    postpaid: bool = False  # runs before its admission, which its settlement statement does
+    postpaid: bool = False  # runs and is answered before its admission, which its recording does
     answered: bool = False  # its reply is sent: whatever fails after, it is not failed
 
     @property
@@ -373,10 +373,10 @@ class ServingLoop:
 
     def _mark_postpaid(self, deferred: list[Call]) -> None:
         """Mark the calls that may run before their admission: those of accounts this worker saw
-        recently with at least POSTPAID_HEADROOM times the group's holds. Their settlement
-        statement admits them (never below zero: a group its account cannot cover then is
-        refused with 402 and not charged); every other call is admitted before it runs, so an
-        account near empty always gets its 402 before anything runs."""
+        recently with at least POSTPAID_HEADROOM times the group's holds. They are answered and
+        then admitted by their recording statement (`_record`: never below zero; a call its
+        account no longer covers then is recorded uncharged); every other call is admitted
+        before it runs, so an account near empty always gets its 402 before anything runs."""
         if not fastsql.available():
             return
         holds: dict[int, int] = {}
