@@ -7,7 +7,10 @@ Runs, on this machine and loopback only:
 2. a minimal direct HTTP server around the same session (bench/direct_server.py), and, when
    BENCH_BENTOML_PYTHON names a Python with bentoml, onnxruntime and numpy (a virtualenv of its
    own), BentoML serving the same model (bench/bentoml_service.py) at concurrency 1 and 32 —
-   the peer the serving goals are stated against;
+   the peer the serving goals are stated against. Its runs are paired with the platform's
+   (BentoML, then the platform, at each concurrency of each metering-on round): this machine's
+   speed drifts by tens of percent over minutes, and a peer measured only once, minutes before
+   the platform, compared the drift as much as the two servers;
 3. the full platform path (HTTP, API key, admission + hold, Redis data plane, serving worker,
    onnxruntime, settlement) with the same model and its default settings (dynamic batching on,
    max_batch_size 8), at concurrency 1 and 32; one web process, or BENCH_WEB_WORKERS of them
@@ -116,9 +119,10 @@ def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> float
     return per_sample[1] / per_sample[batch]
 
 
-def bentoml_peer(python: str, model: Path, body: dict, *, duration: int) -> dict[str, dict]:
+def bentoml_peer(python: str, model: Path, body: dict) -> tuple[stk.Proc, str]:
     """The same model behind BentoML (bench/bentoml_service.py), run by `python` (a separate
-    virtualenv with bentoml, onnxruntime and numpy: BentoML pins its own web stack)."""
+    virtualenv with bentoml, onnxruntime and numpy: BentoML pins its own web stack), warmed up:
+    (its process, its predict URL)."""
     import httpx
 
     port = stk.free_port()
@@ -130,10 +134,10 @@ def bentoml_peer(python: str, model: Path, body: dict, *, duration: int) -> dict
         url = f"http://127.0.0.1:{port}/predict"
         for _ in range(50):
             httpx.post(url, json=body, timeout=30)
-        return {"BentoML c=1": wrk(url, body, connections=1, duration=duration),
-                "BentoML c=32": wrk(url, body, connections=32, duration=duration)}
-    finally:
+    except BaseException:
         proc.stop()
+        raise
+    return proc, url
 
 
 def cpu_by_process(groups: dict[int, str]) -> dict[int, tuple[str, float]]:
@@ -283,13 +287,14 @@ def main() -> int:
         finally:
             direct.stop()
         bento_python = os.environ.get("BENCH_BENTOML_PYTHON")
-        if bento_python:
-            results.update(bentoml_peer(bento_python, mlp, {"x": x.tolist()}, duration=d))
+        bento, bento_url, bento_body = None, "", {"x": x.tolist()}
 
         db = f"modelport_bench_{os.getpid()}"
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
         platform = Platform(tmp, db)
         try:
+            if bento_python:
+                bento, bento_url = bentoml_peer(bento_python, mlp, bento_body)
             platform.manage("migrate", "--no-input", "-v0")
             key = platform.manage("createapikey", "bench", "--credits", "100000000").strip().splitlines()[-1]
             auth = {"Authorization": f"Bearer {key}"}
@@ -326,11 +331,20 @@ def main() -> int:
                 platform.start(**env)
                 for _ in range(50):
                     client.post("/api/v1/models/bench/mlp/predictions", json=body, headers={"Prefer": "wait"})
+                if bento is not None and label == "platform":  # the peer right before, at each concurrency
+                    runs.setdefault("BentoML c=1", []).append(wrk(bento_url, bento_body, connections=1, duration=d))
                 runs.setdefault(f"{label} c=1", []).append(
                     wrk(predict, body, connections=1, duration=d, headers=headers))
+                if bento is not None and label == "platform":
+                    runs.setdefault("BentoML c=32", []).append(wrk(bento_url, bento_body, connections=32, duration=d))
                 runs.setdefault(f"{label} c=32", []).append(
                     wrk_with_cpu(platform, predict, body, duration=d, headers=headers))
                 platform.stop()
+            if bento is not None:
+                bento.stop()
+                bento = None
+            paired = {c: [p[k] / b[k] for p, b in zip(runs[f"platform c={c}"], runs[f"BentoML c={c}"], strict=True)]
+                      for c, k in ((1, "p50_ms"), (32, "rps"))} if "BentoML c=1" in runs else {}
             for label, pair in runs.items():
                 results[label] = {k: sum(r[k] for r in pair) / len(pair) for k in pair[0]}
             for name, label in CNNS.items():
@@ -351,6 +365,8 @@ def main() -> int:
                 results[label] = {k: sum(r[k] for r in series) / len(series) for k in series[0]}
         finally:
             platform.stop()
+            if bento is not None:
+                bento.stop()
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {db}"],
                            check=False)
             bench_redis = redis.Redis.from_url("redis://127.0.0.1:6379/11")
@@ -374,8 +390,10 @@ def main() -> int:
     print(f"  metering share of throughput (c=32)           {1 - p32['rps'] / off32['rps']:+.1%}   (goal <= 10%)")
     if "BentoML c=1" in results:
         bento_1, bento_32 = results["BentoML c=1"], results["BentoML c=32"]
-        print(f"  platform p50 / BentoML p50 (c=1)              {p['p50_ms'] / bento_1['p50_ms']:.2f}   (goal <= 1)")
-        print(f"  platform req/s / BentoML req/s (c=32)         {p32['rps'] / bento_32['rps']:.2f}   (goal >= 1.5)")
+        print(f"  platform p50 / BentoML p50 (c=1)              {p['p50_ms'] / bento_1['p50_ms']:.2f}   (goal <= 1)"
+              f"   pairs: {' '.join(f'{r:.2f}' for r in paired[1])}")
+        print(f"  platform req/s / BentoML req/s (c=32)         {p32['rps'] / bento_32['rps']:.2f}   (goal >= 1.5)"
+              f"   pairs: {' '.join(f'{r:.2f}' for r in paired[32])}")
     for label in CNNS.values():
         gain = results[f"{label} batched c=32"]["rps"] / results[f"{label} unbatched c=32"]["rps"]
         print(f"  {label + ' batched / unbatched req/s (c=32)':54}{gain:.2f}   (goal >= 1.2)")
