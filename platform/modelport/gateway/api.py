@@ -29,6 +29,7 @@ from modelport.accounts.services import api_key_authenticate, bearer_token
 from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem, problem_response
 from modelport.gateway import authcache, dispatch, fastsql, ratelimit, services, webhooks
+from modelport.gateway.leanredis import LeanRedis
 from modelport.gateway.models import Prediction
 from modelport.gateway.ratelimit import rate_limit_hit
 from modelport.gateway.tensors import inputs_from_json, loads_strict
@@ -38,6 +39,7 @@ from workers import wire
 log = logging.getLogger(__name__)
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:=(\d+(?:\.\d+)?))?(?:$|[,;\s])")
 _clients: dict[int, aioredis.Redis] = {}
+_lean_clients: dict[int, LeanRedis | None] = {}
 _router = dispatch.Router()
 
 
@@ -53,6 +55,17 @@ def redis_client() -> aioredis.Redis:
                                          socket_timeout=settings.MODELPORT_CALL_DEADLINE_S + 10)
         _clients[loop_id] = client
     return client
+
+
+def lean_client() -> LeanRedis | None:
+    """The event loop's client for the call exchange (gateway/leanredis.py); None where
+    REDIS_URL needs what only redis-py speaks (TLS), and the exchange goes through redis-py."""
+    import asyncio
+
+    loop_id = id(asyncio.get_running_loop())
+    if loop_id not in _lean_clients:
+        _lean_clients[loop_id] = LeanRedis.for_url(settings.REDIS_URL, connect_timeout=5, max_connections=512)
+    return _lean_clients[loop_id]
 
 
 def prefer_wait(header: str | None) -> float | None:
@@ -216,22 +229,29 @@ async def call_and_wait(*, prediction: Prediction, version_id: int, protocol: st
                         model_label: str, version_number: int, admit_row: dict[str, Any] | None,
                         wait_s: float, guard: Guard | None = None) -> tuple[dict[str, Any], list] | None:
     """Send a call and wait up to `wait_s` for its reply, in one Redis round trip: the frame's RPUSH and the reply's
-    BLPOP travel in one pipeline (Redis runs the BLPOP on that connection right after the push).
-    Should the push itself fail on a live connection (e.g. Redis out of memory), the wait runs
-    to its end and the call ends as at its deadline, uncharged."""
+    BLPOP travel in one write (Redis runs the BLPOP on that connection right after the push),
+    through the lean client (gateway/leanredis.py) where it can. Should the push itself fail
+    on a live connection (e.g. Redis out of memory), the BLPOP still waits to its end and the
+    call then ends as lost (503), uncharged."""
     client = redis_client()
     queue, frame = await _frame(client, prediction=prediction, version_id=version_id, protocol=protocol,
                                 tensors=tensors, model_label=model_label, version_number=version_number,
                                 admit_row=admit_row)
     reply = dispatch.reply_key(prediction.id)
-    pipe = client.pipeline(transaction=False)
     if guard is None:
-        pipe.rpush(queue, frame)
+        push: tuple[Any, ...] = ("RPUSH", queue, frame)
     else:  # a resolution from the process's cache: the script checks it and refuses, or sends
-        pipe.eval(dispatch.ENQUEUE, 3 + len(guard.keys), authcache.generation_key(), queue, reply, *guard.keys,
-                  guard.generation, guard.max_queue, frame, dispatch.REPLY_TTL_S, *guard.args)
-    pipe.blpop([reply], timeout=_reply_timeout(prediction, wait_s))
-    sent, item = await pipe.execute()
+        push = ("EVAL", dispatch.ENQUEUE, 3 + len(guard.keys), authcache.generation_key(), queue, reply, *guard.keys,
+                guard.generation, guard.max_queue, frame, dispatch.REPLY_TTL_S, *guard.args)
+    timeout = _reply_timeout(prediction, wait_s)
+    lean = lean_client()
+    if lean is not None:  # a read that outlives the BLPOP by 10 s means a lost connection
+        sent, item = await lean.execute(push, ("BLPOP", reply, timeout), timeout=timeout + 10)
+    else:
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command(*push)
+        pipe.blpop([reply], timeout=timeout)
+        sent, item = await pipe.execute()
     if guard is not None and sent != b"ok":
         raise await _refused(sent.decode(), guard)
     return await _after_wait(prediction, item, deferred_row=admit_row)
