@@ -138,7 +138,10 @@ class LeanRedis:
 
     @staticmethod
     async def _exchange(connection: _Connection, commands: tuple[tuple[Any, ...], ...], timeout: float) -> list[Any]:
-        waiter = connection.send(b"".join(encode(*c) for c in commands), len(commands))
+        try:
+            waiter = connection.send(b"".join(encode(*c) for c in commands), len(commands))
+        except (OSError, RuntimeError) as exc:  # the transport failed or is closing
+            raise RedisConnectionError(f"cannot write to Redis: {exc!r}") from None
         expiry = asyncio.get_running_loop().call_later(timeout, _expire, waiter, timeout)
         try:
             return await waiter
