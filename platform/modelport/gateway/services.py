@@ -124,10 +124,6 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
     generation, row = hit
     (key_id, prefix, rate_limit, daily_cap, last_used, user_id, username, is_staff, model_id, owner_id, visibility,
      royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch) = row
-    user = get_user_model()(id=user_id, username=username, is_staff=is_staff, is_active=True)
-    api_key = ApiKey(id=key_id, user_id=user_id, prefix=prefix, rate_limit=rate_limit, daily_cap=daily_cap,
-                     last_used_at=last_used)
-    api_key.user = user
     now = timezone.now()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         if counted is None:
@@ -144,6 +140,14 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
         raise Problem(503, f"version {v_number} of {owner}/{name} is {v_status}, not ready")
     if v_disabled:
         raise Problem(503, f"version {v_number} of {owner}/{name} is disabled")
+    if counted is None:  # the local path: see _resolved_objects
+        memo = _resolved_objects.get(id(row))
+        if memo is not None and memo[0] is row and memo[1] == generation:
+            return memo[2]
+    user = get_user_model()(id=user_id, username=username, is_staff=is_staff, is_active=True)
+    api_key = ApiKey(id=key_id, user_id=user_id, prefix=prefix, rate_limit=rate_limit, daily_cap=daily_cap,
+                     last_used_at=last_used)
+    api_key.user = user
     if counted is not None and counted[0] is not None:  # this request was counted with the cache check
         ratelimit.rate_limit_check(counted[0], counted[1], api_key=api_key)
         api_key.rate_counted = True
@@ -154,7 +158,20 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
                            max_queue=max_queue, artifact_sha256=artifact, max_batch_size=max_batch)
     version.model = model
     version.generation = generation
+    if counted is None:
+        if len(_resolved_objects) >= authcache.MAX_ENTRIES:
+            _resolved_objects.clear()
+        _resolved_objects[id(row)] = (row, generation, (user, api_key, version))
     return user, api_key, version
+
+
+# The objects the local path (event loop, `counted` None) built from a cached row, by the
+# row's identity (the entry holds the row, so its id is not reused while the entry lives) and
+# its generation: a call resolved from the cache reuses them instead of building four model
+# instances (~47 µs per call here, ~7 % of the web's CPU per call at c=32). Shared
+# between concurrent calls, so read-only after this function: nothing on the local path
+# assigns to them (the thread path, which sets `rate_counted` and `queued`, builds its own).
+_resolved_objects: dict[int, tuple[list[Any], Any, tuple[Any, ApiKey, ModelVersion]]] = {}
 
 
 def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
