@@ -22,7 +22,7 @@ import asyncio
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -108,9 +108,8 @@ class LeanRedis:
     def for_url(cls, url: str, **kwargs: Any) -> LeanRedis | None:
         """A client for `url` (redis:// or unix://), or None for what this client does not speak (TLS)."""
         options = parse_url(url)
-        connection_class = options.pop("connection_class", None)
-        if connection_class is SSLConnection or (connection_class not in (None, UnixDomainSocketConnection)):
-            return None
+        if options.pop("connection_class", None) not in (None, UnixDomainSocketConnection):
+            return None  # TLS (SSLConnection)
         if set(options) - {"host", "port", "path", "db", "username", "password"}:
             return None  # options this client would ignore (e.g. socket settings in the query string)
         return cls(**options, **kwargs)
