@@ -9,6 +9,7 @@ both sides.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -49,7 +50,7 @@ def unpack(frame: bytes) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
     offset = end
     for spec in header.get("tensors", []):
         dtype = np.dtype(spec["dtype"])
-        count = int(np.prod(spec["shape"], dtype=np.int64)) if spec["shape"] else 1
+        count = math.prod(spec["shape"])  # Python ints: no overflow; 1 for a scalar's []
         nbytes = count * dtype.itemsize
         if offset + nbytes > len(frame):
             raise FrameError(f"tensor {spec['name']!r} overruns the frame")

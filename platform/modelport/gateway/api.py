@@ -133,14 +133,14 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     if not isinstance(body, dict) or "input" not in body:
         raise Problem(400, "the body must be an object with an 'input' object", errors={"input": ["required"]})
     arrays = inputs_from_json(version.signature, body["input"], max_elements=settings.MODELPORT_MAX_TENSOR_ELEMENTS)
-    deadline_s = services.call_deadline_s(request.headers.get("Modelport-Deadline-Ms"))
+    deadline_s = services.call_deadline_s(request.META.get("HTTP_MODELPORT_DEADLINE_MS"))
     if local_only and (body.get("webhook") is not None or body.get("webhook_events_filter") is not None):
         raise services.NeedsIO("webhook calls are admitted by the web")
     webhook, events = webhooks.check_request(webhook=body.get("webhook"), events=body.get("webhook_events_filter"))
-    idem = request.headers.get("Idempotency-Key")
+    idem = request.META.get("HTTP_IDEMPOTENCY_KEY")
     if idem is not None and not (0 < len(idem) <= 200):
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
-    wait = prefer_wait(request.headers.get("Prefer"))
+    wait = prefer_wait(request.META.get("HTTP_PREFER"))
     admission = services.prediction_admit(
         user=user, api_key=api_key, version=version, protocol="native", deadline_s=deadline_s,
         idempotency_key=idem, request_id=current_request_id(),
@@ -159,9 +159,9 @@ class Guard:
     generation: bytes
     max_queue: int
     api_key: ApiKey
-    items: list[Any]
-    keys: list[str]
-    args: list[int]
+    items: tuple[Any, ...]
+    keys: tuple[str, ...]
+    args: tuple[int, ...]
 
 
 class Stale(Exception):

@@ -25,7 +25,7 @@ from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
 from modelport.common.errors import json_error
-from modelport.common.logging import REQUEST_ID_HEADER, log_access, request_id_bound
+from modelport.common.logging import REQUEST_ID_HEADER, REQUEST_ID_META, log_access, request_id_bound
 from modelport.ops.middleware import observe
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class FastLane:
         body = await self._read_body(receive)
         request = ASGIRequest(scope, io.BytesIO(body or b""))
         request.resolver_match = match
-        with request_id_bound(request.headers.get(REQUEST_ID_HEADER)) as request_id:
+        with request_id_bound(request.META.get(REQUEST_ID_META)) as request_id:
             if body is None:
                 response = json_error(request, 413, "request body too large")
             else:

@@ -67,15 +67,21 @@ def rate_limit_check(items: list[RateLimitItem], counts: list[Any], *, api_key: 
             raise _refuse(item, api_key)
 
 
-def rate_limit_keys(*, key_id: int, spec: str | None) -> tuple[list[RateLimitItem], list[str], list[int]]:
+def rate_limit_keys(*, key_id: int, spec: str | None) -> tuple[tuple[RateLimitItem, ...], tuple[str, ...],
+                                                              tuple[int, ...]]:
     """For a script that counts like `rate_limit_hit` (dispatch.ENQUEUE): the items, their
     Redis keys (the `limits` storage's names) and, per item, its expiry and limit."""
+    return _rate_limit_keys(key_id, spec or settings.MODELPORT_RATE_LIMIT)
+
+
+@lru_cache(maxsize=4096)  # per call on the event loop; the answer depends only on these two
+def _rate_limit_keys(key_id: int, spec: str) -> tuple[tuple[RateLimitItem, ...], tuple[str, ...], tuple[int, ...]]:
     storage = _limiter().storage
-    items = _items(spec or settings.MODELPORT_RATE_LIMIT)
+    items = tuple(_items(spec))
     args: list[int] = []
     for item in items:
         args += [item.get_expiry(), item.amount]
-    return items, [storage.prefixed_key(item.key_for(str(key_id))) for item in items], args
+    return items, tuple(storage.prefixed_key(item.key_for(str(key_id))) for item in items), tuple(args)
 
 
 def rate_limit_refusal(item: RateLimitItem, api_key: ApiKey) -> Problem:

@@ -254,14 +254,15 @@ def _admit_local(*, user: Any, api_key: ApiKey | None, version: ModelVersion, pr
     if not defer or royalty or capped or quote is None or account_id is None or not fastsql.available():
         raise NeedsIO("this admission is written by the web or needs uncached facts")
     now = timezone.now()
-    prediction = Prediction(
-        user=user, account_id=account_id, api_key=api_key, version=version, protocol=protocol,
-        quote={"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second, "royalty": 0,
-               "owner_id": model.owner_id},
-        hold_amount=0 if settings.MODELPORT_BENCH_DISABLE_METERING else quote.max_price(deadline_s),
-        idempotency_key=None, request_id=request_id, deadline_at=now + timedelta(seconds=deadline_s), webhook="",
-        webhook_events=[], created_at=now)
-    return Admission(prediction=prediction, version=version, deferred_row=fastsql.admission_row(prediction))
+    prediction, row = fastsql.new_prediction({
+        "user_id": user.pk, "account_id": account_id, "api_key_id": api_key.pk if api_key is not None else None,
+        "version_id": version.pk, "protocol": protocol,
+        "quote": {"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second, "royalty": 0,
+                  "owner_id": model.owner_id},
+        "hold_amount": 0 if settings.MODELPORT_BENCH_DISABLE_METERING else quote.max_price(deadline_s),
+        "request_id": request_id, "deadline_at": now + timedelta(seconds=deadline_s), "created_at": now,
+    }, related={"user": user, "api_key": api_key, "version": version})
+    return Admission(prediction=prediction, version=version, deferred_row=row)
 
 
 def insufficient_credits(*, balance: int, required: int) -> Problem:

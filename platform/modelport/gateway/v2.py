@@ -117,9 +117,9 @@ def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None,
     if length > limit:
         raise Problem(413, f"request body exceeds {limit} bytes")
     try:
-        body = v2codec.decompress_body(request.body, request.headers.get("Content-Encoding"), max_bytes=limit)
+        body = v2codec.decompress_body(request.body, request.META.get("HTTP_CONTENT_ENCODING"), max_bytes=limit)
         parsed = v2codec.parse_infer_request(
-            body, header_length=request.headers.get(v2codec.HEADER_LENGTH_HEADER),
+            body, header_length=request.META.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"),
             max_elements=settings.MODELPORT_MAX_TENSOR_ELEMENTS, max_body_bytes=limit)
     except v2codec.V2ProtocolError as exc:
         raise Problem(400, exc.message) from None
@@ -203,7 +203,7 @@ async def infer(request: HttpRequest, owner: str, name: str, number: int | None 
         outputs=selected, binary=binary,
         parameters={"credits_charged": charged, "prediction_id": prediction.id},
     )
-    body, encoding = v2codec.maybe_compress(body, request.headers.get("Accept-Encoding"))
+    body, encoding = v2codec.maybe_compress(body, request.META.get("HTTP_ACCEPT_ENCODING"))
     response = HttpResponse(body, status=200, content_type="application/json" if header_length is None
                             else "application/octet-stream")
     if header_length is not None:
