@@ -21,7 +21,8 @@ Runs, on this machine and loopback only:
    sends them (Open Inference Protocol with binary tensors): the examples' small CNN and a
    CIFAR-size CNN with a dense head (see cnn_onnx); max_batch_size 16 vs 1 (alternating
    --pairs times, means), beside each CNN in-process at batch 16 vs 1 (what onnxruntime itself
-   gains from batching here);
+   gains from batching here) and that saving's share of the CPU an unbatched call costs in
+   all processes (while every core is busy, throughput is the inverse of that CPU);
 6. where the CPU goes during the c=32 runs (web, PostgreSQL, serving worker, Redis, wrk),
    from /proc: the cores each part used and its CPU milliseconds per call.
 Load comes from wrk (Debian package) with bounded duration. Everything started is stopped by
@@ -101,9 +102,10 @@ def inprocess(model: Path, x: np.ndarray, n: int = 5000) -> float:
     return float(np.median(times) * 1000)
 
 
-def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> float:
+def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> dict[str, float]:
     """In-process per-sample time at batch 1 over that at `batch` (1 session thread): the most
-    dynamic batching can gain from onnxruntime itself on this CPU."""
+    dynamic batching can gain from onnxruntime itself on this CPU (`gain`), and the milliseconds
+    per sample it saves (`saved_ms`)."""
     session = cpu_session(model)
     rng = np.random.default_rng(2)
     per_sample = {}
@@ -116,7 +118,7 @@ def inprocess_batch_gain(model: Path, *, batch: int = 16, n: int = 300) -> float
         for _ in range(runs):
             session.run(None, {"x": x})
         per_sample[size] = (time.perf_counter() - t0) / (runs * size)
-    return per_sample[1] / per_sample[batch]
+    return {"gain": per_sample[1] / per_sample[batch], "saved_ms": (per_sample[1] - per_sample[batch]) * 1000}
 
 
 def bentoml_peer(python: str, model: Path, body: dict) -> tuple[stk.Proc, str]:
@@ -348,7 +350,7 @@ def main() -> int:
             for label, pair in runs.items():
                 results[label] = {k: sum(r[k] for r in pair) / len(pair) for k in pair[0]}
             for name, label in CNNS.items():
-                results[f"{label} in-process batch 16 vs 1"] = {"gain": inprocess_batch_gain(cnn_files[name])}
+                results[f"{label} in-process batch 16 vs 1"] = inprocess_batch_gain(cnn_files[name])
             platform.start()
             image = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
             cnn_body, v2_headers = v2_binary(image)
@@ -399,6 +401,13 @@ def main() -> int:
         print(f"  {label + ' batched / unbatched req/s (c=32)':54}{gain:.2f}   (goal >= 1.2)")
         print(f"  {label + ' in-process, batch 1 / 16 per sample':54}"
               f"{results[f'{label} in-process batch 16 vs 1']['gain']:.2f}   (what onnxruntime itself gains here)")
+        # What batching can take off a call: onnxruntime's saving per sample, against the CPU
+        # the call costs in all processes (when every core is busy, throughput is its inverse).
+        unbatched = results[f"{label} unbatched c=32"]
+        per_call = sum(unbatched[f"cpu_{n}"] for n in CPU_NAMES) * 1000 / unbatched["rps"]
+        saved = results[f"{label} in-process batch 16 vs 1"]["saved_ms"]
+        print(f"  {label + ' share of a call batching saves':54}{saved / per_call:.1%}   (onnxruntime saves "
+              f"{saved:.3f} ms per sample at batch 16; an unbatched call costs {per_call:.3f} ms CPU in all)")
     print(f"\nCPU at c=32 (this machine has {os.cpu_count()} cores): cores in use / CPU ms per call")
     runs_shown = ("platform c=32", *(f"{label} {kind} c=32" for label in CNNS.values()
                                      for kind in ("unbatched", "batched")))
