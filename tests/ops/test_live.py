@@ -179,6 +179,22 @@ def test_request_id_reaches_the_worker_log_line(live, alice, mlp_path):
     assert _wait(lambda: request_id in live.procs["serve"].log(), timeout=5)
 
 
+def test_workers_log_at_modelport_log_level_whatever_celerys_loglevel(fleet):
+    """MODELPORT_LOG_LEVEL sets the workers' level as it does the web's: Celery's --loglevel
+    (INFO below; WARNING when none is given, as in the compose file) does not override it."""
+    queues = [f"{fleet.prefix}.control"]
+    quiet = fleet.start_worker("quiet", serve=True, MODELPORT_LOG_LEVEL="WARNING")  # with --loglevel INFO
+    argv = stk.celery_argv("loud", queues, serve=True)
+    at = argv.index("--loglevel")
+    loud = stk.start(f"loud-{fleet.prefix}", argv[:at] + argv[at + 2:], {**fleet.env, "MODELPORT_LOG_LEVEL": "INFO"})
+    fleet.procs["loud"] = loud
+    fleet.wait_for_serving(quiet)
+    fleet.wait_for_serving(loud)
+    assert _wait(lambda: "serving loop started" in loud.log(), timeout=10), loud.log()[-3000:]
+    assert "[queues]" in quiet.log()  # its output is captured (Celery's banner)
+    assert "serving loop started" not in quiet.log()
+
+
 def _uvicorn(name: str, env: dict[str, str]) -> tuple[stk.Proc, str]:
     port = stk.free_port()
     proc = stk.start(name, [sys.executable, "-m", "uvicorn", "modelport.config.asgi:application", "--host",

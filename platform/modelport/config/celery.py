@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import setup_logging
 from click import Option
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelport.config.settings")
@@ -19,6 +20,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelport.config.settings")
 app = Celery("modelport")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def keep_django_logging(**kwargs: Any) -> None:
+    """Logging stays as settings.LOGGING made it (MODELPORT_LOG_LEVEL, JSON lines, request ids).
+    Without a receiver of this signal Celery sets the root logger's level to the command's
+    --loglevel (WARNING when none is given, as in the compose file), whatever
+    CELERY_WORKER_HIJACK_ROOT_LOGGER says: MODELPORT_LOG_LEVEL then did not apply to workers
+    and beat (compose workers dropped their INFO lines; the bench's serving worker wrote one
+    per call at WARNING)."""
+
 
 app.user_options["worker"].add(
     Option(("--serve",), is_flag=True, default=False, help="Host models: run the inference serving loop.")
