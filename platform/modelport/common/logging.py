@@ -32,7 +32,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 REQUEST_ID_HEADER = "X-Request-Id"
-REQUEST_ID_META = "HTTP_X_REQUEST_ID"  # its request.META key (reading META skips building request.headers)
+REQUEST_ID_META = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")  # reading META skips building request.headers
 # What we accept from a client: short and printable, so it can go into a log line, a response
 # header and Prediction.request_id (max 64 characters) as it is. Anything else is replaced.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -161,11 +161,12 @@ def _prepared() -> Iterator[psycopg.Cursor]:
 
 def admission_row(prediction: Prediction) -> dict[str, Any]:
     """`prediction` (unsaved) as the JSON object ADMIT_MANY reads (column name → value)."""
-    row: dict[str, Any] = {}
-    for field in _INSERT_FIELDS:
-        value = field.pre_save(prediction, add=True)
-        row[field.column] = value.isoformat() if hasattr(value, "isoformat") else value
-    return row
+    return {field.column: _row_value(field.pre_save(prediction, add=True)) for field in _INSERT_FIELDS}
+
+
+def _row_value(value: Any) -> Any:
+    """A column's value as an admission row carries it (datetimes in ISO 8601)."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 # (attname, column, default) of each concrete field, in the order Model.__init__ takes
@@ -178,15 +179,15 @@ def new_prediction(values: dict[str, Any], *, related: dict[str, Any]) -> tuple[
     """An unsaved Prediction with `values` (by attname; every other field its default) and the
     related objects `related` (by field name) cached on it, with its admission row: the same
     as `Prediction(**kwargs)` then `admission_row`, for the call path on the event loop.
-    Measured here: ~15 µs against ~45 µs (keyword construction runs per field the descriptor
-    and default machinery; positional values are set directly). `created_at` is taken from
+    Measured here: ~18 µs against ~32-45 µs (keyword construction runs per field the
+    descriptor and default machinery; positional values are set directly). `created_at` is taken from
     `values` rather than stamped by its auto_now_add (the caller passes the call's now)."""
     args: list[Any] = []
     row: dict[str, Any] = {}
     for attname, column, default in _PLAN:
         value = values[attname] if attname in values else default()
         args.append(value)
-        row[column] = value.isoformat() if hasattr(value, "isoformat") else value
+        row[column] = _row_value(value)
     prediction = Prediction(*args)
     for name, obj in related.items():
         _RELATED[name].set_cached_value(prediction, obj)
