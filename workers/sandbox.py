@@ -6,8 +6,11 @@ Contract of `run_in_sandbox`:
   module sets plus the caller's explicit `env` (nothing from `os.environ`).
 - With isolation "namespaces" (see `_sandbox_init.py` for the mechanics) the job runs in new user,
   mount, pid, network, IPC and UTS namespaces, as uid/gid 65534 inside that maps to a fresh
-  unprivileged uid outside, with no capabilities and no_new_privs; the whole filesystem is
-  read-only except `scratch`; there is no network (not even loopback to the host).
+  unprivileged uid outside, with no capabilities and no_new_privs; its root is a tmpfs of its
+  own holding only /usr, the interpreter's prefixes, the exposed paths and `scratch` (nothing
+  of the host's /run, /var, /tmp, /home or project directories), read-only except `scratch`;
+  there is no network (not even loopback to the host), and socket(AF_UNIX) is refused
+  (seccomp), so no host socket file can be reached either.
 - Limits: address space, CPU seconds, file size, open files (rlimits), a pids cgroup (forks) and
   a memory cgroup (resident memory), and a wall-clock deadline after which every process of the
   job is killed. When the job ends, everything it started is killed too.
@@ -444,6 +447,7 @@ def _launch(
         "namespaces": namespaces,
         "scratch": str(scratch),
         "expose": list(expose),
+        "links": [argv[0]],
         "argv": argv,
         "env": _job_env(scratch, limits, env),
         "rlimits": _rlimits(limits, namespaces=namespaces),
@@ -460,6 +464,9 @@ def _launch(
     start = time.monotonic()
     timed_out = False
     try:
+        newroot = private / "root"
+        newroot.mkdir()
+        config["newroot"] = str(newroot)
         config_path = private / "config.json"
         config_path.write_text(json.dumps(config))
         with tempfile.TemporaryFile(dir=private) as log:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import textwrap
 import time
 from pathlib import Path
@@ -354,6 +355,28 @@ def test_source_cannot_connect_to_a_loopback_port(tmp_path: Path) -> None:
     )
 
 
+def test_source_cannot_reach_the_hosts_postgresql_socket(tmp_path: Path) -> None:
+    pg_socket = "/var/run/postgresql/.s.PGSQL.5432"
+    assert stat.S_ISSOCK(os.stat(pg_socket).st_mode)  # the host has it: the probe means something
+    result = convert_source(
+        tmp_path,
+        f"""
+        import os, socket
+        seen = os.path.exists({pg_socket!r})
+        try:
+            socket.socket(socket.AF_UNIX).connect({pg_socket!r})
+            outcome = "connected"
+        except OSError as exc:
+            outcome = exc.strerror
+        raise RuntimeError(f"PROBE seen={{seen}} connect={{outcome}}")
+        """,
+    )
+    assert result.error_code == "source_error"
+    assert result.error_message == (
+        "the source file failed to import: RuntimeError: PROBE seen=False connect=Permission denied (line 9 of the source)"
+    )
+
+
 def test_source_cannot_see_the_workers_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_KEY", "django-insecure-s3cret")
     monkeypatch.setenv("DATABASE_URL", "postgres://modelport:hunter2@127.0.0.1/modelport")
@@ -412,8 +435,9 @@ def test_source_cannot_write_outside_its_scratch_dir(tmp_path: Path) -> None:
         tmp_path, f"open('inside.txt', 'w').write('fine')\nopen({str(target)!r}, 'w').write('pwned')\n"
     )
     assert result.error_code == "source_error"
+    # The job's root holds none of the host's directories but its own: the path does not exist.
     assert result.error_message == (
-        f"the source file failed to import: OSError: [Errno 30] Read-only file system: {str(target)!r} "
+        f"the source file failed to import: FileNotFoundError: [Errno 2] No such file or directory: {str(target)!r} "
         "(line 2 of the source)"
     )
     assert not target.exists()

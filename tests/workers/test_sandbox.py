@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 import textwrap
 import time
@@ -32,8 +33,11 @@ EXPECTED_ENV = [
 ]
 
 
-def run_job(tmp_path: Path, code: str, limits: SandboxLimits | None = None, **kwargs: Any) -> SandboxResult:
-    """Run `code` as a script in a fresh scratch dir under `tmp_path`."""
+def run_job(
+    tmp_path: Path, code: str, limits: SandboxLimits | None = None, readable: tuple[Path, ...] = (), **kwargs: Any
+) -> SandboxResult:
+    """Run `code` as a script in a fresh scratch dir under `tmp_path`; `readable` paths are shown
+    to the job besides the script (nothing else of the host's is)."""
     tmp_path.chmod(0o755)  # pytest makes it 0700; the tests below want a plain directory tree
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(code))
@@ -43,7 +47,7 @@ def run_job(tmp_path: Path, code: str, limits: SandboxLimits | None = None, **kw
         argv=[sys.executable, "-I", str(script)],
         scratch=scratch,
         limits=limits or SandboxLimits(wall_seconds=30, cpu_seconds=30),
-        readable=[script],
+        readable=[script, *readable],
         **kwargs,
     )
 
@@ -101,6 +105,7 @@ def test_writes_outside_scratch_fail_even_where_permissions_allow(tmp_path: Path
                 errors[path] = exc.strerror
         json.dump(errors, open("report.json", "w"))
         """,
+        readable=(closed, open_dir),
     )
     assert result.returncode == 0, result.log_tail
     assert result.report == {
@@ -129,6 +134,7 @@ def test_root_only_files_are_unreadable(tmp_path: Path) -> None:
             data = exc.strerror
         json.dump({{"read": data}}, open("report.json", "w"))
         """,
+        readable=(secret,),  # shown to the job, and still not readable by its uid
     )
     assert result.report == {"read": "Permission denied"}
 
@@ -296,3 +302,107 @@ def test_other_uploads_under_a_private_root_are_invisible(tmp_path: Path) -> Non
         readable=[script],
     )
     assert result.report == {"listing": ["job-1"], "other": False}
+
+
+def _host_unix_sockets(roots: tuple[str, ...] = ("/run", "/var/run", "/tmp"), limit: int = 500) -> list[str]:
+    """Socket files under `roots` on the host, as the worker (root) sees them."""
+    found: list[str] = []
+    for root in roots:
+        for directory, _, files in os.walk(root):
+            for name in files:
+                path = os.path.join(directory, name)
+                try:
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        found.append(path)
+                except OSError:
+                    continue
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def test_no_host_unix_socket_is_reachable(tmp_path: Path) -> None:
+    sockets = _host_unix_sockets()
+    # This machine's PostgreSQL socket trusts local connections as superuser: the probe must
+    # have it in the list to mean anything.
+    assert "/var/run/postgresql/.s.PGSQL.5432" in sockets or "/run/postgresql/.s.PGSQL.5432" in sockets
+    result = run_job(
+        tmp_path,
+        f"""
+        import json, os, socket
+        outcome = {{}}
+        for path in {sockets!r}:
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            except OSError as exc:
+                outcome[path] = ["socket", exc.strerror, os.path.exists(path)]
+                continue
+            try:
+                sock.connect(path)
+                outcome[path] = ["connected", "", True]
+            except OSError as exc:
+                outcome[path] = ["connect", exc.strerror, os.path.exists(path)]
+        # The job's own channels (inherited socketpairs) keep working.
+        left, right = socket.socketpair()
+        left.sendall(b"ping")
+        json.dump({{"sockets": outcome, "pair": right.recv(4).decode()}}, open("report.json", "w"))
+        """,
+    )
+    assert result.returncode == 0, result.log_tail
+    assert result.report is not None
+    assert result.report["pair"] == "ping"
+    # Refused twice over: socket(AF_UNIX) fails (seccomp), and the file isn't in the job's root.
+    assert result.report["sockets"] == {path: ["socket", "Permission denied", False] for path in sockets}
+
+
+def test_host_logs_settings_and_directories_are_invisible(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    host_paths = [
+        str(repo / "platform" / "modelport" / "config" / "settings.py"),
+        str(repo / "var"),
+        str(repo / "test-artifacts"),
+        str(repo / ".git"),
+        "/etc/shadow",
+        "/etc/hostname",
+        "/etc/postgresql",
+        "/var/log",
+        "/var/lib/postgresql",
+        "/srv",
+        "/mnt",
+        "/run",
+        "/var",
+    ]
+    assert Path(host_paths[0]).is_file()  # the probe looks for something that exists outside
+    result = run_job(
+        tmp_path,
+        f"""
+        import json, os
+        def listing(path):
+            try:
+                return sorted(os.listdir(path))
+            except OSError as exc:
+                return exc.strerror
+        json.dump({{"visible": [p for p in {host_paths!r} if os.path.lexists(p)],
+                    "home": listing("/home"), "tmp": listing("/tmp"), "root": listing("/"),
+                    "root_home": listing("/root"),
+                    "etc": listing("/etc")}}, open("report.json", "w"))
+        """,
+    )
+    assert result.returncode == 0, result.log_tail
+    report = result.report
+    assert report is not None
+    assert report["visible"] == []
+    assert report["home"] == "No such file or directory"
+    # /tmp holds only the way to the job's own script and scratch dir (under pytest's tmp_path).
+    own = tmp_path.resolve().relative_to("/tmp").parts[0] if str(tmp_path.resolve()).startswith("/tmp/") else None
+    assert report["tmp"] == ([own] if own else [])
+    assert set(report["root"]) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys",
+                                   "tmp", "usr", *Path(sys.base_prefix).resolve().parts[1:2],
+                                   *Path(sys.prefix).resolve().parts[1:2], *tmp_path.resolve().parts[1:2]}
+    assert report["etc"] == ["group", "ld.so.cache", "localtime", "passwd"]
+    # /root shows at most the way to the interpreter (pyenv keeps it there), nothing of root's.
+    interpreter = Path(sys.base_prefix).resolve()
+    if interpreter.parts[1] == "root":
+        assert report["root_home"] == [interpreter.parts[2]]
+    else:
+        assert report["root_home"] == "No such file or directory"
