@@ -24,6 +24,12 @@ if ! command -v kubectl >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null
 fi
 
+# tests/integration/test_multihost.py makes test hosts of network namespaces (`ip netns`, veth).
+if ! command -v ip >/dev/null; then
+  echo "installing iproute2 (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
+
 if ! pg_up; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
