@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from workers import upload_rules
-from workers.external_data import ExternalDataError, check_external_data
+from workers.external_data import ExternalDataError, check_external_data, external_tensors
 from workers.sandbox import (
     CPU_LIMIT,
     FILE_SIZE_LIMIT,
@@ -55,9 +55,10 @@ class ConversionResult:
     ok: `onnx_path` is the converted model (in `work_dir`, outside the sandbox's scratch) and
     `signature` is `{"inputs": [{name, dtype, shape}], "outputs": [...]}` (shape entries int or
     None). Otherwise `error_code`/`error_message` say why. `report` always holds what was measured:
-    parity_max_abs_error, parity_max_rel_error, latency_ms_p50, peak_memory_mb (resident memory an
-    onnxruntime session of the model adds), parameter_count, opset, exporter, export_attempts,
-    isolation... `log` is the tail (8 KB) of the job's stdout/stderr.
+    parity_max_abs_error, parity_max_rel_error, latency_ms_p50 (onnxruntime's own run time),
+    conversion_peak_memory_mb (the job's peak RSS), parameter_count, opset, exporter,
+    export_attempts, state_dict_prefix_stripped, isolation... `log` is the tail (8 KB) of the
+    job's stdout/stderr. (peak_memory_mb is the validator's, measured in its own process.)
     """
 
     ok: bool
@@ -92,13 +93,17 @@ def convert_model(
     limits: SandboxLimits | None = None,
     allow_unsandboxed: bool = False,
     output_names: list[str] | None = None,
+    source_name: str | None = None,
+    external_data_over_bytes: int | None = None,
 ) -> ConversionResult:
     """Convert `artifact` to ONNX in the sandbox and check it against the original.
 
     `inputs`: `[{"name", "dtype", "shape", "range"?}]` as in the API (`range` = [low, high) for
     generated integer inputs; optional). `work_dir` is created if needed; on success it holds
-    `model.onnx` (and `model.onnx.data` for models over ~1.9 GB); the sandbox scratch inside it is
-    removed. Raises `SandboxUnavailable`/`SandboxError` for platform problems only.
+    `model.onnx` (and `model.onnx.data` for models over `external_data_over_bytes`, by default
+    protobuf's ~1.9 GB limit); the sandbox scratch inside it is removed. `source_name`: the
+    uploaded source file's own name, used in messages (a syntax error names it). Raises
+    `SandboxUnavailable`/`SandboxError` for platform problems only.
     """
     limits = limits or SandboxLimits()
     try:
@@ -113,6 +118,10 @@ def convert_model(
     scratch.mkdir(mode=0o700)
     try:
         job = _stage_job(scratch, fmt, artifact, source, entrypoint, init_kwargs, specs, output_names, limits)
+        job["source_name"] = (source_name or (source.name if source else ""))[-200:]
+        if external_data_over_bytes is not None:
+            job["external_data_over_bytes"] = int(external_data_over_bytes)
+        (scratch / "job.json").write_text(json.dumps(job))
         result = run_in_sandbox(
             argv=[sys.executable, "-I", str(_CHILD), str(scratch / "job.json")],
             scratch=scratch,
@@ -267,7 +276,7 @@ def _collect_onnx(scratch: Path, work_dir: Path) -> Path:
     import onnx
 
     model = onnx.load(str(produced), load_external_data=False)
-    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    locations = {e.value for _, t in external_tensors(model) for e in t.external_data if e.key == "location"}
     for name in locations:
         data = scratch / name
         data_st = os.lstat(data)  # check_external_data: exists, inside scratch, no symlinks

@@ -90,7 +90,10 @@ class VersionSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ModelVersion.Status.choices)
     error = ErrorSerializer(allow_null=True)
     signature = SignatureSerializer(allow_null=True)
-    report = serializers.DictField(help_text="parity_max_abs_error, latency_ms_p50, peak_memory_mb, …")
+    report = serializers.DictField(help_text=(
+        "parity_max_abs_error (null for ONNX uploads), latency_ms_p50 (onnxruntime's own run time on a "
+        "generated sample, not an API call's), peak_memory_mb (peak resident memory the loaded model added in "
+        "the validator, MiB), parameter_count, opset, …"))
     disabled = serializers.BooleanField()
     created_at = serializers.DateTimeField()
     ready_at = serializers.DateTimeField(allow_null=True)

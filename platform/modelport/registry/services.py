@@ -112,7 +112,8 @@ def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, sou
         number = (model.versions.aggregate(n=Max("number"))["n"] or 0) + 1
         version = ModelVersion.objects.create(
             model=model, number=number, format=fmt, upload_sha256=upload_digest,
-            upload_filename=artifact.name[:255], source_sha256=source_digest, entrypoint=entrypoint,
+            upload_filename=artifact.name[:255], source_sha256=source_digest,
+            source_filename=source.name[-255:] if source is not None else "", entrypoint=entrypoint,
             init_kwargs=init_kwargs, declared_inputs=inputs, declared_outputs=outputs,
         )
         transaction.on_commit(lambda: _enqueue_processing(version.pk))
