@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -85,7 +86,7 @@ def test_upload_errors_say_what_to_do(user_api, tmp_path: Path) -> None:
     version = _upload(api, "syntax", fmt="state_dict", artifact=tmp_path / "weights.pt", source=broken)
     assert version["status"] == "failed" and version["error"]["code"] == "source_error"
     head, line, caret = version["error"]["message"].split("\n")
-    assert head.startswith("broken_network.py has a syntax error at line 13: ")
+    assert head.startswith("broken_network.py has a syntax error at line 12: ")
     assert line == "    def forward(self x):" and caret.strip() == "^"
 
     # Weights saved from nn.DataParallel: loaded with the prefix stripped, and the report says so.
@@ -157,13 +158,17 @@ def test_model_with_external_data_becomes_ready_and_answers(fleet, tmp_path: Pat
     save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
     version = _upload(api, "split", fmt="state_dict", artifact=tmp_path / "w.safetensors", source=source)
     assert version["status"] == "ready", (version["error"], version.get("log", "")[-2000:])
-    assert version["report"]["external_data_mb"] > 0
+    # Linear(4, 3) + Linear(3, 2): 12 + 3 + 6 + 2 float32 values, all in the data file.
+    assert version["report"]["external_data_bytes"] == 23 * 4
 
     row = ModelVersion.objects.get(model__name="split")
     stored = artifact_store().path(row.artifact_sha256)
     beside = sorted(p.name for p in stored.parent.iterdir() if p.name.endswith(".onnxdata"))
     assert len(beside) == 1 and len(beside[0]) == 64 + len(".onnxdata")
-    assert stored.stat().st_size < 1024  # the graph only; the weights are in the data file
+    graph = onnx.load(str(stored), load_external_data=False).graph
+    locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == set(beside)  # every weight is in the data file beside the model
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
     assert settings.MODELPORT_ARTIFACT_ROOT in stored.parents
 
     x = np.random.default_rng(7).standard_normal((2, 4)).astype(np.float32)

@@ -83,9 +83,9 @@ REPORT_FIELDS: dict[str, tuple[str, str]] = {
         "the weights' keys all began with this prefix (saved from nn.DataParallel), so it was removed "
         "before loading",
     ),
-    "external_data_mb": (
-        "Weights stored beside the model (MB)",
-        "the model is too large for one ONNX file; its tensors are stored in data files next to it (MiB)",
+    "external_data_bytes": (
+        "Weights stored beside the model (bytes)",
+        "the model is too large for one ONNX file; its tensors are stored in data files next to it",
     ),
     "conversion_peak_memory_mb": (
         "Peak memory of the conversion (MB)",

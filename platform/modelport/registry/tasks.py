@@ -67,7 +67,7 @@ def model_version_process(version_id: int) -> None:
         digest = store.put_model(onnx_path, data_files)
         merged = {"parity_max_abs_error": None, **report, **result.report}
         if data_files:
-            merged["external_data_mb"] = round(sum(f.stat().st_size for f in data_files) / 2**20, 2)
+            merged["external_data_bytes"] = sum(f.stat().st_size for f in data_files)
         services.version_transition(version_id=version_id, to=ModelVersion.Status.READY, artifact_sha256=digest,
                                     signature=signature, report=merged, log=conversion_log[-20000:], error=None)
 
