@@ -206,6 +206,11 @@ class VersionListView(APIView):
         if not hasattr(data, "get"):
             raise Problem(400, "send the version as multipart/form-data fields", errors={"format": ["required"]})
         artifact, source = files.get("artifact"), files.get("source")
+        for field, upload in (("artifact", artifact), ("source", source)):
+            if upload is None and data.get(field) not in (None, ""):
+                # The schema declares them files; a text field of that name is not one.
+                raise Problem(400, f"{field} must be sent as a file (a multipart file part), not as a text field",
+                              errors={field: ["expected a file"]})
         version = services.model_version_create(
             model=model,
             fmt=str(data.get("format", "")),
