@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from modelport.registry.selectors import REPORT_FIELDS
 from safetensors.torch import save_file
 
 from tests.conftest import Api, make_user
@@ -94,6 +95,8 @@ def test_upload_errors_say_what_to_do(user_api, tmp_path: Path) -> None:
     version = _upload(api, "dp", fmt="state_dict", artifact=tmp_path / "dp.safetensors", source=source)
     assert version["status"] == "ready", version["error"]
     assert version["report"]["state_dict_prefix_stripped"] == "module."
+    # Every field of a converted model's report has a label for people.
+    assert set(version["report"]) - set(REPORT_FIELDS) == set()
     x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(_predict(api, "dp", x), net(torch.from_numpy(x)).numpy(), atol=1e-5)
@@ -137,6 +140,7 @@ def test_report_memory_is_measured(user_api, tmp_path: Path) -> None:
     assert reports["big"]["peak_memory_mb"] >= 16
     assert reports["big"]["peak_memory_mb"] > reports["small"]["peak_memory_mb"] + 12
     assert reports["big"]["latency_ms_p50"] > 0
+    assert set(reports["big"]) - set(REPORT_FIELDS) == set()
 
 
 def test_model_with_external_data_becomes_ready_and_answers(fleet, tmp_path: Path) -> None:
