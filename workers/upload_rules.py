@@ -27,13 +27,15 @@ _SPEC_KEYS = frozenset({"name", "dtype", "shape", "range"})
 
 
 class RuleError(ValueError):
-    """`field` is the upload field at fault (`inputs`, `outputs`, `entrypoint`, `artifact`);
-    `message` says what is wrong and where (e.g. `inputs[0].dtype …`)."""
+    """`field` is the upload field at fault (`inputs`, `outputs`, `entrypoint`, `source`,
+    `artifact`); `message` says what is wrong and where (e.g. `inputs[0].dtype …`); `reason` is
+    the short per-field note the API lists under `errors` (e.g. `required`, `inputs[0]`)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+        self.reason = reason or message
 
 
 def check_input_specs(inputs: Any, *, dtypes: frozenset[str] = CONVERTIBLE_DTYPES) -> list[dict[str, Any]]:
@@ -41,27 +43,31 @@ def check_input_specs(inputs: Any, *, dtypes: frozenset[str] = CONVERTIBLE_DTYPE
     checked and normalised to exactly those keys. `dtypes`: CONVERTIBLE_DTYPES for PyTorch
     uploads, SERVABLE_DTYPES for ONNX ones."""
     if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_TENSORS:
-        raise RuleError("inputs", f"inputs must be a list of 1 to {MAX_TENSORS} tensors {{name, dtype, shape}}")
+        raise RuleError(
+            "inputs", f"inputs must be a list of 1 to {MAX_TENSORS} tensors {{name, dtype, shape}}", "bad length"
+        )
     specs: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, spec in enumerate(inputs):
         where = f"inputs[{i}]"
         if not isinstance(spec, dict) or set(spec) - _SPEC_KEYS:
-            raise RuleError("inputs", f"{where} must be an object with name, dtype, shape (and optionally range)")
+            raise RuleError(
+                "inputs", f"{where} must be an object with name, dtype, shape (and optionally range)", where
+            )
         name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
         if not isinstance(name, str) or not name:
-            raise RuleError("inputs", f"{where}.name must be a non-empty string")
+            raise RuleError("inputs", f"{where}.name must be a non-empty string", where)
         if name in seen:
-            raise RuleError("inputs", f"{where}.name {name!r} is used twice; input names must be distinct")
+            raise RuleError("inputs", f"{where}.name {name!r} is used twice; input names must be distinct", where)
         if dtype not in dtypes:
-            raise RuleError("inputs", f"{where}.dtype {dtype!r} is not one of {sorted(dtypes)}")
+            raise RuleError("inputs", f"{where}.dtype {dtype!r} is not one of {sorted(dtypes)}", where)
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_RANK
             or any(d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1) for d in shape)
         ):
             raise RuleError(
-                "inputs", f"{where}.shape must be a list of at most {MAX_RANK} positive ints or null (dynamic)"
+                "inputs", f"{where}.shape must be a list of at most {MAX_RANK} positive ints or null (dynamic)", where
             )
         static = 1
         for d in shape:
@@ -71,6 +77,7 @@ def check_input_specs(inputs: Any, *, dtypes: frozenset[str] = CONVERTIBLE_DTYPE
                 "inputs",
                 f"{where}.shape {shape} has {static:,} elements without its dynamic axes; at most "
                 f"{MAX_SAMPLE_ELEMENTS:,} can be checked (declare large axes as null)",
+                where,
             )
         clean: dict[str, Any] = {"name": name, "dtype": dtype, "shape": list(shape)}
         value_range = spec.get("range")
@@ -81,7 +88,7 @@ def check_input_specs(inputs: Any, *, dtypes: frozenset[str] = CONVERTIBLE_DTYPE
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value_range)
                 or value_range[0] >= value_range[1]
             ):
-                raise RuleError("inputs", f"{where}.range must be [low, high) integers with low < high")
+                raise RuleError("inputs", f"{where}.range must be [low, high) integers with low < high", where)
             clean["range"] = list(value_range)
         seen.add(name)
         specs.append(clean)
@@ -96,19 +103,23 @@ def check_output_names(outputs: Any, *, input_names: list[str]) -> list[str]:
         or not all(isinstance(n, str) and n for n in outputs)
         or len(set(outputs)) != len(outputs)
     ):
-        raise RuleError("outputs", "outputs must be a JSON array of distinct, non-empty names")
+        raise RuleError("outputs", "outputs must be a JSON array of distinct, non-empty names", "expected names")
     clash = sorted(set(outputs) & set(input_names))
     if clash:
-        raise RuleError("outputs", f"output names {clash} are also input names; a tensor name must be unique")
+        raise RuleError(
+            "outputs", f"output names {clash} are also input names; a tensor name must be unique", "expected names"
+        )
     return list(outputs)
 
 
 def check_entrypoint(entrypoint: Any) -> str:
     """The name of the nn.Module subclass or factory function in the source file."""
     if not isinstance(entrypoint, str) or not entrypoint:
-        raise RuleError("entrypoint", "format state_dict needs an entrypoint (the class or function in source)")
+        raise RuleError(
+            "entrypoint", "format state_dict needs an entrypoint (the class or function in source)", "required"
+        )
     if not entrypoint.isidentifier() or keyword.iskeyword(entrypoint):
-        raise RuleError("entrypoint", f"entrypoint {entrypoint!r} is not a Python name")
+        raise RuleError("entrypoint", f"entrypoint {entrypoint!r} is not a Python name", "not a Python name")
     return entrypoint
 
 
@@ -116,5 +127,7 @@ def check_weights_name(filename: str) -> None:
     """state_dict weights must be safetensors or a torch.save pickle, by file name."""
     if not filename.lower().endswith(WEIGHT_SUFFIXES):
         raise RuleError(
-            "artifact", f"state_dict weights must be {', '.join(WEIGHT_SUFFIXES)}, not {filename[-100:]!r}"
+            "artifact",
+            f"state_dict weights must be {', '.join(WEIGHT_SUFFIXES)}, not {filename[-100:]!r}",
+            "unsupported file type",
         )

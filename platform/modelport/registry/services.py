@@ -62,7 +62,7 @@ def _parse_json_field(name: str, raw: str | None, kind: type) -> Any:
 
 
 def _rule_problem(exc: upload_rules.RuleError) -> Problem:
-    return Problem(400, exc.message, errors={exc.field: [exc.message]})
+    return Problem(400, exc.message, errors={exc.field: [exc.reason]})
 
 
 def parse_tensor_specs(raw: str | None, *, fmt: str = ModelVersion.Format.STATE_DICT) -> list[dict[str, Any]] | None:
@@ -94,7 +94,7 @@ def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, sou
             outputs = upload_rules.check_output_names(outputs, input_names=[s["name"] for s in inputs or []])
         if fmt == ModelVersion.Format.STATE_DICT:
             if source is None:
-                raise upload_rules.RuleError("source", "format state_dict needs the source file")
+                raise upload_rules.RuleError("source", "format state_dict needs the source file", "required")
             upload_rules.check_entrypoint(entrypoint)
             upload_rules.check_weights_name(artifact.name)
     except upload_rules.RuleError as exc:
