@@ -792,13 +792,14 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
         "latency_ms_p50": round(latency, 4),
         "conversion_peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "parameter_count": param_count,
-        "state_dict_prefix_stripped": DATA_PARALLEL_PREFIX if fmt == "state_dict" and stripped else None,
         "opset": opset,
         "exporter": exporter,
         "export_attempts": attempts,
         "torch_version": torch.__version__,
         "conversion_seconds": round(time.monotonic() - started, 2),
     }
+    if stripped:
+        report["state_dict_prefix_stripped"] = DATA_PARALLEL_PREFIX
     return signature, report
 
 

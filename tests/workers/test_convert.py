@@ -132,6 +132,7 @@ def test_examples_convert_with_parity(
     assert 0 <= report["parity_max_rel_error"] < 1e-4
     assert report["latency_ms_p50"] > 0
     assert "peak_memory_mb" not in report  # the validator measures it, in a fresh process
+    assert "state_dict_prefix_stripped" not in report  # the keys were used as they are
     assert report["conversion_peak_memory_mb"] > 0
     assert report["opset"] == 18
     assert report["exporter"] in ("dynamo", "legacy")
