@@ -4,11 +4,13 @@ Signature (CONTRACT §4): headers `webhook-id`, `webhook-timestamp`, `webhook-si
 `v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`, where the key is the base64 part
 of the account's `whsec_…` secret.
 
-Targets must resolve to public addresses (no loopback, private, link-local, metadata, multicast
-or reserved ranges) unless MODELPORT_WEBHOOK_ALLOW_PRIVATE is set (development only). The name
-is resolved once per attempt and the request goes to that address (Host/SNI keep the name), so
-a DNS answer cannot change between the check and the connection. Redirects are never followed:
-a 3xx is a failed attempt.
+Targets must resolve to public addresses (`is_global`: no loopback, private, link-local,
+shared, metadata, multicast or reserved ranges, nor an IPv6 address embedding such an IPv4
+address: IPv4-mapped, IPv4-compatible, 6to4, Teredo, NAT64) unless
+MODELPORT_WEBHOOK_ALLOW_PRIVATE is set (development only). The name is resolved once per
+attempt and the request goes to that address (Host/SNI keep the name), so a DNS answer cannot
+change between the check and the connection. Redirects are never followed: a 3xx is a failed
+attempt.
 """
 
 from __future__ import annotations
@@ -59,12 +61,34 @@ def sign(*, secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200"})
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and may be routed to: IPv4-mapped
+    (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), 6to4 (2002:AABB:CCDD::/48), Teredo
+    (2001:0::/32, server and de-obfuscated client) and NAT64 (64:ff9b::/96)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in NAT64 or int(ip) >> 32 == 0:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified or str(ip) in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
-            or (isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10")))
+    """True unless `ip` and every IPv4 address embedded in it are globally routable unicast
+    addresses (`is_global`, and not multicast, reserved or a cloud metadata address)."""
+    if (not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback
+            or ip.is_link_local or str(ip) in METADATA_ADDRESSES
+            or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)):
+        return True
+    return isinstance(ip, ipaddress.IPv6Address) and any(_forbidden(v4) for v4 in _embedded_ipv4(ip))
 
 
 def resolve_target(url: str) -> Target:
