@@ -15,6 +15,7 @@ attempt.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,6 +23,7 @@ import ipaddress
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,6 +40,10 @@ from modelport.gateway.models import Prediction, WebhookAttempt, WebhookDelivery
 
 EVENTS = ("start", "completed")
 EXCERPT = 500
+# Of a receiver's reply only this much is read (then the connection is closed): enough for the
+# excerpt, and a reply of any size costs the delivering worker no more memory than this.
+RESPONSE_READ_LIMIT = 64 * 1024
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mp-webhook-dns")
 
 
 class WebhookTargetError(ValueError):
@@ -157,6 +163,34 @@ def backoff_s(attempt: int) -> float:
     return float(settings.MODELPORT_WEBHOOK_BACKOFF_S) * (2 ** (attempt - 1))
 
 
+async def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, str | None, bytes]:
+    """POST `body` to `url`: (status, Location, the first RESPONSE_READ_LIMIT bytes of the reply).
+
+    `timeout` bounds the whole exchange (resolving the name, connecting, sending, the status
+    line and headers, and reading the reply), not each read: a receiver that trickles its reply
+    byte by byte is cut off at the deadline (TimeoutError). The reply is read raw (no
+    decompression, `accept-encoding: identity`), so its stated size is what is read.
+    """
+    async with asyncio.timeout(timeout):
+        # getaddrinfo blocks: it runs on a pool of our own, which asyncio.run does not wait for
+        # (it joins only the default executor), so a slow resolver is bounded too.
+        target = await asyncio.get_running_loop().run_in_executor(_resolver, resolve_target, url)
+        extensions = {"sni_hostname": target.host.split(":")[0]} if target.scheme == "https" else {}
+        headers = {**headers, "host": target.host, "accept-encoding": "identity"}
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            request = client.build_request("POST", target.url, content=body, headers=headers, extensions=extensions)
+            response = await client.send(request, stream=True)
+            try:
+                head = bytearray()
+                async for chunk in response.aiter_raw():
+                    head += chunk
+                    if len(head) >= RESPONSE_READ_LIMIT:
+                        break  # the rest is never read: closing drops the connection
+                return response.status_code, response.headers.get("location"), bytes(head[:RESPONSE_READ_LIMIT])
+            finally:
+                await response.aclose()
+
+
 def delivery_attempt(*, delivery_id: int) -> WebhookAttempt | None:
     """Make the next attempt of a pending delivery, record it, and schedule a retry or declare
     it dead. Idempotent per attempt number (a redelivered task finds the attempt recorded)."""
@@ -179,25 +213,20 @@ def delivery_attempt(*, delivery_id: int) -> WebhookAttempt | None:
                                   timestamp=timestamp, body=body),
     }
     ok, status_code, excerpt, error = False, None, "", ""
+    timeout = float(settings.MODELPORT_WEBHOOK_TIMEOUT_S)
     start = time.perf_counter()
     try:
-        target = resolve_target(delivery.url)
-        headers["host"] = target.host
-        extensions = {"sni_hostname": target.host.split(":")[0]} if target.scheme == "https" else {}
-        with httpx.Client(timeout=settings.MODELPORT_WEBHOOK_TIMEOUT_S, follow_redirects=False,
-                          trust_env=False) as client:
-            response = client.post(target.url, content=body, headers=headers, extensions=extensions)
-        status_code = response.status_code
-        excerpt = response.text[:EXCERPT]
+        status_code, location, head = asyncio.run(_post(delivery.url, body, headers, timeout))
+        excerpt = head.decode("utf-8", "replace")[:EXCERPT]
         ok = 200 <= status_code < 300
         if 300 <= status_code < 400:
-            error = f"redirect to {response.headers.get('location', '?')} not followed"
+            error = f"redirect to {location or '?'} not followed"
         elif not ok:
             error = f"HTTP {status_code}"
     except WebhookTargetError as exc:
         error = str(exc)
-    except httpx.TimeoutException:
-        error = f"timed out after {settings.MODELPORT_WEBHOOK_TIMEOUT_S} s"
+    except (TimeoutError, httpx.TimeoutException):
+        error = f"timed out after {timeout} s"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
     latency = (time.perf_counter() - start) * 1000.0
