@@ -182,6 +182,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MODELPORT_MAX_REQUEST_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
 
+# Per-account upload throttle (registry.services.upload_admit): versions queued, validating or
+# converting at once, and uploads per window (`limits` notation). Beyond either: 429.
+MODELPORT_UPLOAD_MAX_IN_PROGRESS = env_int("MODELPORT_UPLOAD_MAX_IN_PROGRESS", 3, minimum=1)
+MODELPORT_UPLOAD_RATE_LIMIT = env_str("MODELPORT_UPLOAD_RATE_LIMIT", "10/minute;100/hour")
 MODELPORT_SIGNUP_CREDITS = env_int("MODELPORT_SIGNUP_CREDITS", 50_000, minimum=0)
 # Default and maximum time a call may wait for a worker plus run, in seconds.
 MODELPORT_CALL_DEADLINE_S = env_float("MODELPORT_CALL_DEADLINE_S", 30.0, minimum=0.1)

@@ -21,11 +21,15 @@ log = logging.getLogger(__name__)
 
 @shared_task(acks_late=True, ignore_result=True)
 def model_version_process(version_id: int) -> None:
-    """Validate (and for PyTorch formats, convert) one version. Idempotent: claims it first."""
+    """Validate (and for PyTorch formats, convert) one queued version: the one fairest to take
+    now, which is not necessarily `version_id` (services.version_claim_fair: round-robin across
+    accounts). Idempotent: claims it first."""
     timeout = settings.MODELPORT_VALIDATION_TIMEOUT_S
-    if not services.version_claim(version_id=version_id, stale_after_s=2 * timeout):
-        log.info("version %s already claimed or finished", version_id)
+    claimed = services.version_claim_fair(version_id=version_id, stale_after_s=2 * timeout)
+    if claimed is None:
+        log.info("nothing queued, and version %s already claimed or finished", version_id)
         return
+    version_id = claimed
     version = ModelVersion.objects.get(pk=version_id)
     store = artifact_store()
     with tempfile.TemporaryDirectory(prefix="mp-version-") as tmp:
