@@ -152,3 +152,32 @@ def test_queued_versions_each_run_once_whatever_message_takes_them(user_api, liv
 
     first = ModelVersion.objects.get(model__owner__username="fair-d", number=1)
     assert version_claim_fair(version_id=first.pk, stale_after_s=3600) is None
+
+
+def test_the_reaper_resends_lost_conversion_messages(user_api, live, tmp_path):
+    """A queued version whose message is gone (Redis restarted without persistence, as `make
+    run`'s private Redis does) is taken up again by the periodic reaper, and only once."""
+    from django.conf import settings
+    from modelport.registry.tasks import versions_reap
+
+    onnx = mlp_onnx(tmp_path / "m.onnx", sizes=(16, 8, 4))
+    api = user_api("lost-msg")
+    assert api.post("/api/v1/models", json={"name": "m"}).status_code == 201
+    queue = settings.CELERY_QUEUE_CONVERT
+    convert = live.procs["convert"]
+    convert.pause()
+    try:
+        for _ in range(2):
+            assert api.upload("lost-msg", "m", fmt="onnx", artifact=onnx).status_code == 202
+        # The paused worker's pending BRPOP may already hold the first message: 1 or 2 wait.
+        time.sleep(0.5)
+        assert live.redis.llen(queue) in (1, 2)
+        live.redis.delete(queue)  # the waiting messages are lost; the rows stay queued
+        versions_reap()
+        assert live.redis.llen(queue) == 2  # one message per queued version
+        versions_reap()
+        assert live.redis.llen(queue) == 2  # and no more on the next pass
+    finally:
+        convert.resume()
+    for number in (1, 2):
+        assert api.wait_version("lost-msg", "m", number)["status"] == "ready"

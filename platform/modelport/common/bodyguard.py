@@ -28,7 +28,7 @@ from urllib.parse import quote
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.http import HttpResponse, HttpResponseRedirect
 from django.http.cookie import parse_cookie
 
@@ -111,7 +111,11 @@ class BodyGuard:
             await self._refuse(send, path, 413, f"request body exceeds {cap} bytes")
             return
         if path.startswith("/api/") or _DASHBOARD_UPLOAD.match(path):
-            ok = await sync_to_async(_credentials_ok, thread_sensitive=False)(authorization, cookie)
+            try:
+                ok = await sync_to_async(_credentials_ok, thread_sensitive=False)(authorization, cookie)
+            except DatabaseError:
+                await self._refuse(send, path, 503, "the database is unavailable; try again shortly")
+                return
             if not ok:
                 detail = ("invalid or revoked API key" if authorization is not None
                           else "send 'Authorization: Bearer <api key>' (or sign in) before a request body")

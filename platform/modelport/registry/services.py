@@ -253,3 +253,21 @@ def versions_reap(*, older_than_s: float) -> int:
         status__in=[ModelVersion.Status.VALIDATING, ModelVersion.Status.CONVERTING], claimed_at__lt=cutoff
     ).update(status=ModelVersion.Status.FAILED,
              error={"code": "worker_lost", "message": "the validation worker stopped; upload the version again"})
+
+
+def versions_requeue(*, messages_waiting: int) -> int:
+    """Send conversion messages for queued versions that have none, so that no version stays
+    `queued` forever: one whose message was lost (a Redis restarted without persistence, a web
+    process that died between the commit and the enqueue). `messages_waiting` is the convert
+    queue's length, read before this call. Messages do not fix their version (see
+    version_claim_fair), so topping the count up is enough, and a message too many finds
+    nothing to do. Returns how many were sent."""
+    missing = ModelVersion.objects.filter(status=ModelVersion.Status.QUEUED).count() - messages_waiting
+    if missing <= 0:
+        return 0
+    ids = list(ModelVersion.objects.filter(status=ModelVersion.Status.QUEUED).order_by("created_at", "pk")
+               .values_list("pk", flat=True)[:missing])
+    for version_id in ids:
+        _enqueue_processing(version_id)
+    return len(ids)
+

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
@@ -117,7 +117,15 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
 
 @shared_task(ignore_result=True)
 def versions_reap() -> int:
-    return services.versions_reap(older_than_s=2 * settings.MODELPORT_VALIDATION_TIMEOUT_S + 60)
+    """Fail versions stuck in validating/converting, and re-send the messages of queued versions
+    whose message was lost (services.versions_requeue)."""
+    reaped = services.versions_reap(older_than_s=2 * settings.MODELPORT_VALIDATION_TIMEOUT_S + 60)
+    with current_app.connection_for_write() as conn:
+        waiting = conn.default_channel.queue_declare(queue=settings.CELERY_QUEUE_CONVERT).message_count
+    requeued = services.versions_requeue(messages_waiting=waiting)
+    if requeued:
+        log.warning("re-sent %s conversion message(s) for queued versions that had none", requeued)
+    return reaped
 
 
 @worker_ready.connect
