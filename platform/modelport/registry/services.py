@@ -270,4 +270,3 @@ def versions_requeue(*, messages_waiting: int) -> int:
     for version_id in ids:
         _enqueue_processing(version_id)
     return len(ids)
-
