@@ -199,7 +199,7 @@ class VersionListView(APIView):
 
     @extend_schema(operation_id="version_create", summary="Upload a version (validated and converted by workers)",
                    request={"multipart/form-data": VersionUploadSerializer},
-                   responses=responses({202: VersionSerializer}, 400, 403, 404, 413, 415))
+                   responses=responses({202: VersionSerializer}, 400, 403, 404, 413, 415, 429, 503))
     def post(self, request: Request, owner: str, name: str) -> Response:
         model = _model_access(request, owner, name, write=True)
         files, data = request.FILES, request.data
