@@ -124,3 +124,20 @@ def test_api_conforms_to_schema(live: Any, fuzz_user: dict[str, str]) -> None:
         if (label.startswith("GET") or label.endswith("/predictions")) and not any(200 <= c < 300 for c in seen)
     ]
     assert not unreached, statuses
+
+
+def test_request_examples_run_against_a_model_with_their_signature(live: Any, fuzz_user: dict[str, str]) -> None:
+    """The schema's example bodies are real: sent as they are to a model whose signature is the one
+    the examples name (one float32 input `x` of shape [null, 4]), each is answered 200."""
+    document = httpx.get(f"{live.base_url}/api/schema/?format=json", timeout=30).json()
+    native = document["paths"]["/api/v1/models/{owner}/{name}/predictions"]["post"]["requestBody"]
+    v2 = document["paths"]["/v2/models/{owner}/{name}/infer"]["post"]["requestBody"]
+    headers = {"Authorization": f"Bearer {fuzz_user['key']}"}
+    with httpx.Client(base_url=live.base_url, headers=headers, timeout=60) as http:
+        body = native["content"]["application/json"]["examples"]["one_input"]["value"]
+        resp = http.post("/api/v1/models/fuzzer/mlp/predictions", json=body, headers={"Prefer": "wait"})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["status"] == "succeeded"
+        resp = http.post("/v2/models/fuzzer/mlp/infer", json=v2["content"]["application/json"]["example"])
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["outputs"][0]["shape"] == [1, 2]

@@ -14,9 +14,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelport.accounts.schema import responses
+from modelport.accounts.schema import DATE_OR_DATE_TIME, responses
 from modelport.billing import selectors
 from modelport.common.problems import Problem
+from modelport.common.timestamps import as_utc
 
 PAGE = 500
 
@@ -39,7 +40,7 @@ def _when(request: Request, name: str):
         value = datetime(day.year, day.month, day.day, tzinfo=UTC)
     if value.tzinfo is None:
         raise Problem(400, f"{name} needs a timezone (e.g. 2026-01-01T00:00:00Z)", errors={name: [raw]})
-    return value
+    return as_utc(value)
 
 
 def _filter(request: Request, name: str) -> str | None:
@@ -96,8 +97,8 @@ class UsageView(APIView):
         parameters=[
             OpenApiParameter("model", str, description="owner/name"),
             OpenApiParameter("key", str, description="API key prefix"),
-            OpenApiParameter("since", str, description=_WHEN_HELP),
-            OpenApiParameter("until", str, description=_WHEN_HELP),
+            OpenApiParameter("since", DATE_OR_DATE_TIME, description=_WHEN_HELP),
+            OpenApiParameter("until", DATE_OR_DATE_TIME, description=_WHEN_HELP),
             OpenApiParameter("format", str, enum=["csv"], description="csv: the same as `Accept: text/csv`"),
         ],
         responses=responses({(200, "application/json"): UsageSerializer, (200, "text/csv"): OpenApiTypes.STR}, 400),

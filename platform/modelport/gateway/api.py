@@ -28,6 +28,7 @@ from modelport.accounts.models import ApiKey
 from modelport.accounts.services import api_key_authenticate, bearer_token
 from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem, problem_response
+from modelport.common.timestamps import as_utc
 from modelport.gateway import authcache, dispatch, fastsql, ratelimit, services, webhooks
 from modelport.gateway.leanredis import LeanRedis
 from modelport.gateway.models import Prediction
@@ -440,7 +441,7 @@ class PredictionListView(APIView):
                 when = None
             if when is None or when.tzinfo is None:
                 raise Problem(400, "cursor must be the `next` value of a previous page", errors={"cursor": [cursor]})
-            qs = qs.filter(created_at__lt=when)
+            qs = qs.filter(created_at__lt=as_utc(when))
         page = list(qs.order_by("-created_at")[:50])
         next_cursor = page[-1].created_at.isoformat() if len(page) == 50 else None
         return Response({"results": [services.prediction_data(p) for p in page], "next": next_cursor})
