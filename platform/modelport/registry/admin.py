@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.http import HttpRequest
 
 from modelport.common.problems import Problem
@@ -24,16 +24,27 @@ class VersionInline(ReadOnlyInline):
 
 @admin.register(Model)
 class ModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    list_display = ("__str__", "visibility", "default_version", "version_count", "royalty_per_call", "created_at")
+    list_display = ("__str__", "visibility", "effective_default", "version_count", "royalty_per_call", "created_at")
     list_filter = ("visibility", ("owner", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "owner__username", "description")
     list_select_related = ("owner", "default_version")
-    fields = ("owner", "name", "visibility", "description", "royalty_per_call", "default_version", "created_at")
-    readonly_fields = ("owner", "name", "default_version", "created_at")
+    fields = ("owner", "name", "visibility", "description", "royalty_per_call", "effective_default", "created_at")
+    readonly_fields = ("owner", "name", "effective_default", "created_at")
     inlines = (VersionInline,)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).annotate(version_count=Count("versions"))
+        return super().get_queryset(request).annotate(
+            version_count=Count("versions"),
+            newest_ready=Max("versions__number", filter=Q(versions__status=ModelVersion.Status.READY)),
+        )
+
+    @admin.display(description="default version")
+    def effective_default(self, obj: Any) -> str:
+        """The version calls go to (registry.selectors.version_default): the one set, else the
+        newest ready one, from the list's annotation rather than a query per row."""
+        if obj.default_version_id is not None:
+            return f"v{obj.default_version.number}"
+        return f"v{obj.newest_ready} (newest ready)" if obj.newest_ready is not None else "—"
 
     @admin.display(description="versions", ordering="version_count")
     def version_count(self, obj: Any) -> int:
