@@ -110,16 +110,26 @@ class UploadedFileField(serializers.FileField):
     declares a plain FileField as a `uri` string unless requests and responses get split components)."""
 
 
+@extend_schema_field({"type": "string", "example": ""})
+class OptionalFormText(serializers.CharField):
+    """An optional multipart text field whose example is empty, so Swagger UI leaves it out of a
+    request instead of sending its placeholder "string" (which the upload would refuse)."""
+
+
 class VersionUploadSerializer(serializers.Serializer):
     format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
     artifact = UploadedFileField(
         help_text=".onnx; a TorchScript archive; state_dict weights (.safetensors, .pt, .pth)")
     source = UploadedFileField(required=False, help_text="Python source defining the network (state_dict only)")
-    entrypoint = serializers.CharField(required=False, help_text="nn.Module subclass or factory in source")
-    init_kwargs = serializers.CharField(required=False, help_text="JSON object passed to the entrypoint")
-    inputs = serializers.CharField(required=False,
-                                   help_text='JSON array [{"name", "dtype", "shape"}]; required unless onnx')
-    outputs = serializers.CharField(required=False, help_text="JSON array of output names")
+    entrypoint = OptionalFormText(required=False,
+                                  help_text="nn.Module subclass or factory in source (state_dict only), e.g. `Net`")
+    init_kwargs = OptionalFormText(required=False,
+                                   help_text='JSON object passed to the entrypoint, e.g. `{"hidden": 64}`')
+    inputs = OptionalFormText(
+        required=False,
+        help_text='JSON array [{"name", "dtype", "shape"}], e.g. `[{"name": "x", "dtype": "float32", '
+                  '"shape": [null, 784]}]`; required unless onnx')
+    outputs = OptionalFormText(required=False, help_text='JSON array of output names, e.g. `["y"]`')
 
 
 def _model_access(request: Request, owner: str, name: str, *, write: bool = False) -> Model:
