@@ -305,6 +305,19 @@ def test_model_list_shows_the_effective_default_and_plural_labels_read_right(sta
     page = staff_client.get("/admin/registry/model/").content.decode()
     row = page.split(f'/admin/registry/model/{model.pk}/change/', 1)[1].split("</tr>", 1)[0]
     assert '<td class="field-effective_default">v1</td>' in row
+    versions = staff_client.get(VERSIONS, {"model__owner__id__exact": str(owner.pk)}).content.decode()
+
+    def default_icon(label: str) -> str:
+        cell = versions.split(f">{label}</a>", 1)[1].split('<td class="field-is_default">', 1)[1]
+        return cell.split("</td>", 1)[0]
+
+    assert "icon-yes" in default_icon("owner/mlp v1")
+    assert "icon-no" in default_icon("owner/mlp v2") and "icon-no" in default_icon("owner/mlp v3")
+    model.default_version = None
+    model.save(update_fields=["default_version"])
+    versions = staff_client.get(VERSIONS, {"model__owner__id__exact": str(owner.pk)}).content.decode()
+    assert "icon-yes" in default_icon("owner/mlp v2")  # the newest ready one, though none is set
+    assert "icon-no" in default_icon("owner/mlp v1") and "icon-no" in default_icon("owner/mlp v3")
     index = staff_client.get("/admin/").content.decode()
     assert ">Ledger entries<" in index and ">Webhook deliveries<" in index
     assert "entrys" not in index and "deliverys" not in index

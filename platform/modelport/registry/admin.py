@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest
 
 from modelport.common.problems import Problem
 from modelport.ops import services as ops
 from modelport.ops.admin_base import AuditedAdminMixin, ReadOnlyInline, pre_text, pretty_json
 from modelport.registry.models import Model, ModelVersion
+from modelport.registry.selectors import version_default
 
 
 class VersionInline(ReadOnlyInline):
@@ -89,9 +90,23 @@ class ModelVersionAdmin(AuditedAdminMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # predictions reference versions; disable instead
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        newest_ready = ModelVersion.objects.filter(model=OuterRef("model"), status=ModelVersion.Status.READY)
+        return super().get_queryset(request).annotate(
+            newest_ready_id=Subquery(newest_ready.order_by("-number").values("pk")[:1])
+        )
+
     @admin.display(boolean=True, description="default")
-    def is_default(self, obj: ModelVersion) -> bool:
-        return obj.model.default_version_id == obj.pk
+    def is_default(self, obj: Any) -> bool:
+        """Whether calls go to this version (registry.selectors.version_default): the one set as the
+        model's default, else the newest ready one."""
+        if obj.model.default_version_id is not None:
+            return bool(obj.model.default_version_id == obj.pk)
+        newest = getattr(obj, "newest_ready_id", None)
+        if newest is None and not hasattr(obj, "newest_ready_id"):  # an object not from get_queryset
+            default = version_default(model=obj.model)
+            newest = default.pk if default else None
+        return bool(newest == obj.pk)
 
     @admin.display(description="error")
     def error_pretty(self, obj: ModelVersion) -> str:
