@@ -277,6 +277,11 @@ def test_report_fields_are_labelled_for_people(alice, client):
         "Export wall (ms)",
     ]
     assert all("_" not in label for label in labels)
+    values = [part.split("</dd>", 1)[0] for part in report.split("<dd>")[1:]]
+    assert values[3] == "17" and values[5] == "3.00"
+    model.versions.update(report={"parameter_count": 50890, "latency_ms_p50": 0.5})
+    report = client.get("/models/alice/mlp/").content.decode().split('<dl class="report">', 1)[1]
+    assert "<dt>Parameters</dt><dd>50,890</dd>" in report
 
 
 def test_failed_version_shows_its_error_code_and_message_in_the_versions_table(alice, client):
