@@ -255,10 +255,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload PyTorch/ONNX models and call them as a metered API.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The native prediction-create endpoints are async views the generator cannot see.
+    # The native prediction-create endpoints and the V2 endpoints are async views the generator
+    # cannot see.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "modelport.accounts.schema.native_prediction_paths",
+        "modelport.accounts.schema.v2_paths",
     ],
     # Swagger UI and ReDoc from the installed sidecar package: nothing loads from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -15,6 +15,7 @@ import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone
@@ -44,6 +45,33 @@ def model_create(*, owner: AbstractBaseUser, name: str, visibility: str, descrip
             model.save()
     except IntegrityError:
         raise Problem(409, f"you already have a model named {name}") from None
+    return model
+
+
+def model_update(*, model: Model, visibility: str | None = None, description: str | None = None) -> Model:
+    """Change what the owner may change about `model` itself: its visibility and description
+    (None leaves a field as it is). The caller has checked write access through
+    `selectors.model_access(write=True)`, the one choke point the API uses too. A value the model
+    refuses raises a 400 and changes nothing. Saving invalidates cached resolutions (a model made
+    private is refused to other callers at once)."""
+    changed = {}
+    if visibility is not None:
+        changed["visibility"] = visibility
+    if description is not None:
+        limit = Model._meta.get_field("description").max_length or 0  # a TextField does not check it itself
+        if len(description) > limit:
+            raise Problem(400, f"description: at most {limit} characters", errors={"description": ["too long"]})
+        changed["description"] = description
+    if not changed:
+        return model
+    for field, value in changed.items():
+        try:
+            changed[field] = Model._meta.get_field(field).clean(value, model)
+        except ValidationError as exc:
+            raise Problem(400, f"{field}: {' '.join(exc.messages)}", errors={field: exc.messages}) from None
+    for field, value in changed.items():
+        setattr(model, field, value)
+    model.save(update_fields=list(changed))
     return model
 
 
