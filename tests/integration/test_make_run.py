@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,3 +98,17 @@ def test_a_dead_process_is_restarted_and_the_demo_keeps_answering(tmp_path):
     assert run.proc.returncode == 0 and "stopped" in rest, run.output
     leftovers = [pid for pid in started if alive(pid)]
     assert leftovers == [], f"processes still running after SIGTERM: {leftovers}"
+
+
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+        env.update(MODELPORT_VAR_DIR=str(tmp_path / "var"), PORT=str(port), HOST="127.0.0.1")
+        done = subprocess.run([sys.executable, "deploy/run_local.py"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in done.stderr
+    assert not (tmp_path / "var").exists()  # no database, no Redis, no log was made
