@@ -44,6 +44,12 @@ def user_create(*, username: str, password: str | None = None, email: str = "", 
     return user
 
 
+def user_set_password(*, user: AbstractBaseUser, password: str) -> None:
+    """Set `user`'s password (stored hashed). Sessions opened with the old password stop being valid."""
+    user.set_password(password)
+    user.save(update_fields=["password"])
+
+
 def api_key_issue(*, user: AbstractBaseUser, name: str = "") -> IssuedKey:
     ident = secrets.token_hex(4)
     secret = f"{KEY_PREFIX}{ident}_{secrets.token_urlsafe(24)}"
