@@ -37,11 +37,15 @@ from workers.sandbox import (
 )
 
 _CHILD = Path(__file__).with_name("_convert_child.py")
-FORMATS = frozenset({"state_dict", "torchscript"})
+FORMATS = frozenset({"state_dict", "torchscript", "exported_program"})
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".pt", ".pth"})
 # dtypes the converter can generate inputs for (numpy names, as in the API).
 INPUT_DTYPES = frozenset({"float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"})
 LIMIT_ERROR_CODES = frozenset({TIME_LIMIT, CPU_LIMIT, MEMORY_LIMIT, PROCESS_LIMIT, FILE_SIZE_LIMIT})
+RUNTIMES = frozenset({"auto", "onnx", "torch"})
+# Failures of the conversion itself (not of the model): under runtime "auto" the model is then
+# served by PyTorch as it is.
+CONVERSION_FAILURES = frozenset({"export_failed", "parity", "not_faithful"})
 # Codes the child uses when user code raised something generic; a pids-limit hit explains them.
 _GENERIC_CODES = frozenset(
     {"source_error", "entrypoint_failed", "model_error", "export_failed", "conversion_error", PROCESS_LIMIT}
@@ -59,10 +63,16 @@ class ConversionResult:
     parity_max_abs_error, parity_max_rel_error, latency_ms_p50, peak_memory_mb (resident memory an
     onnxruntime session of the model adds), parameter_count, opset, exporter, export_attempts,
     isolation... `log` is the tail (8 KB) of the job's stdout/stderr.
+
+    `runtime` says what serves the model: "onnx" (`onnx_path` is set) or "torch" (no ONNX file:
+    the upload itself is served by PyTorch in the sandbox; `runtime_reason` says why when the
+    conversion was tried under "auto" and was not faithful, failed parity or failed to export).
     """
 
     ok: bool
     onnx_path: Path | None = None
+    runtime: str = "onnx"
+    runtime_reason: str | None = None
     signature: dict[str, Any] | None = None
     report: dict[str, Any] = field(default_factory=dict)
     error_code: str | None = None
@@ -93,8 +103,13 @@ def convert_model(
     limits: SandboxLimits | None = None,
     allow_unsandboxed: bool = False,
     output_names: list[str] | None = None,
+    runtime: str = "auto",
 ) -> ConversionResult:
     """Convert `artifact` to ONNX in the sandbox and check it against the original.
+
+    `runtime`: "onnx" fails when there is no faithful conversion; "auto" then returns an ok
+    result with runtime "torch" and the reason; "torch" skips the export (the model is loaded
+    and run in the sandbox for its signature and timing only).
 
     `inputs`: `[{"name", "dtype", "shape", "range"?}]` as in the API (`range` = [low, high) for
     generated integer inputs; optional). `work_dir` is created if needed; on success it holds
@@ -102,6 +117,9 @@ def convert_model(
     removed. Raises `SandboxUnavailable`/`SandboxError` for platform problems only.
     """
     limits = limits or SandboxLimits()
+    if runtime not in RUNTIMES:
+        return ConversionResult(ok=False, error_code="invalid_runtime",
+                                error_message=f"runtime {runtime!r} is not one of {sorted(RUNTIMES)}")
     try:
         specs = _check_request(fmt, artifact, source, entrypoint, init_kwargs, inputs, output_names)
     except _InvalidRequest as exc:
@@ -114,6 +132,8 @@ def convert_model(
     scratch.mkdir(mode=0o700)
     try:
         job = _stage_job(scratch, fmt, artifact, source, entrypoint, init_kwargs, specs, output_names, limits)
+        job["runtime"] = runtime
+        (scratch / "job.json").write_text(json.dumps(job))
         result = run_in_sandbox(
             argv=[sys.executable, "-I", str(_CHILD), str(scratch / "job.json")],
             scratch=scratch,
@@ -142,6 +162,14 @@ def _check_request(
         )
     if not artifact.is_file():
         raise _InvalidRequest("invalid_artifact", "the artifact file is missing")
+    if fmt == "exported_program":
+        # The program carries its own signature; declared inputs (optional) are checked against it.
+        if artifact.suffix.lower() != ".pt2":
+            raise _InvalidRequest("invalid_artifact", f"an exported program is a .pt2 file, not {artifact.name!r}")
+        if not inputs:
+            inputs_given: list[dict[str, Any]] = []
+            _check_outputs(output_names, inputs_given)
+            return inputs_given
     if fmt == "state_dict":
         if artifact.suffix.lower() not in WEIGHT_SUFFIXES:
             raise _InvalidRequest(
@@ -158,6 +186,11 @@ def _check_request(
     except (TypeError, ValueError):
         raise _InvalidRequest("invalid_init_kwargs", "init_kwargs must be plain JSON") from None
     specs = _check_inputs(inputs)
+    _check_outputs(output_names, specs)
+    return specs
+
+
+def _check_outputs(output_names: list[str] | None, specs: list[dict[str, Any]]) -> None:
     if output_names is not None and (
         not isinstance(output_names, list)
         or not all(isinstance(n, str) and n for n in output_names)
@@ -165,7 +198,6 @@ def _check_request(
         or set(output_names) & {s["name"] for s in specs}
     ):
         raise _InvalidRequest("invalid_outputs", "outputs must be distinct, non-empty names, not used by inputs")
-    return specs
 
 
 def _check_inputs(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,7 +248,8 @@ def _stage_job(
     """Copy the upload into scratch (the sandbox sees nothing else) and write job.json."""
     inbox = scratch / "in"
     inbox.mkdir()
-    artifact_name = "weights" + artifact.suffix.lower() if fmt == "state_dict" else "model.pt"
+    artifact_name = {"state_dict": "weights" + artifact.suffix.lower(), "exported_program": "model.pt2"}.get(
+        fmt, "model.pt")
     shutil.copyfile(artifact, inbox / artifact_name)
     job: dict[str, Any] = {
         "fmt": fmt,
@@ -267,8 +300,24 @@ def _interpret(
     if not result.report:
         how = result.killed_reason or f"exit status {result.returncode}"
         return failed("conversion_crashed", f"the conversion stopped without a result ({how})")
+    if child.get("ok") is not True and code in CONVERSION_FAILURES and job.get("runtime") == "auto":
+        try:
+            signature = _check_signature(report.pop("torch_signature", None), job)
+        except _InvalidRequest as exc:
+            return failed("conversion_error", f"the conversion produced an invalid result: {exc}")
+        latency = _number(report.get("torch_latency_ms_p50"))
+        report.update(runtime="torch", runtime_reason=message, latency_ms_p50=latency)
+        return ConversionResult(ok=True, runtime="torch", runtime_reason=message, signature=signature,
+                                report=report, log=result.log_tail)
     if child.get("ok") is not True or result.returncode != 0:
         return failed(code or "conversion_error", message or "conversion failed")
+    if job.get("runtime") == "torch":
+        try:
+            signature = _check_signature(child.get("signature"), job)
+        except _InvalidRequest as exc:
+            return failed("conversion_error", f"the conversion produced an invalid result: {exc}")
+        report.update(runtime="torch", latency_ms_p50=_number(report.get("torch_latency_ms_p50")))
+        return ConversionResult(ok=True, runtime="torch", signature=signature, report=report, log=result.log_tail)
 
     try:
         signature = _check_signature(child.get("signature"), job)
@@ -294,6 +343,20 @@ def _check_signature(raw: Any, job: dict[str, Any]) -> dict[str, Any]:
         ):
             raise _InvalidRequest("conversion_error", f"malformed output spec {str(out)[:200]}")
         clean.append({"name": out["name"], "dtype": out["dtype"], "shape": out["shape"]})
+    if job["fmt"] == "exported_program":
+        # The program named its inputs; what the child read from it is checked like an upload's.
+        child_inputs = raw.get("inputs") if isinstance(raw, dict) else None
+        if not isinstance(child_inputs, list):
+            raise _InvalidRequest("conversion_error", "no inputs in the signature")
+        checked = _check_inputs([{k: v for k, v in i.items() if k in ("name", "dtype", "shape")}
+                                 for i in child_inputs if isinstance(i, dict)])
+        if len(checked) != len(child_inputs):
+            raise _InvalidRequest("conversion_error", "malformed input spec")
+        declared = [(s["name"], s["dtype"]) for s in job["inputs"]]
+        if declared and declared != [(s["name"], s["dtype"]) for s in checked]:
+            raise _InvalidRequest("conversion_error", "the signature's inputs differ from the declared ones")
+        return {"inputs": [{"name": s["name"], "dtype": s["dtype"], "shape": s["shape"]} for s in checked],
+                "outputs": clean}
     inputs = [{"name": s["name"], "dtype": s["dtype"], "shape": s["shape"]} for s in job["inputs"]]
     return {"inputs": inputs, "outputs": clean}
 
@@ -318,3 +381,10 @@ def _collect_onnx(scratch: Path, work_dir: Path) -> Path:
     final = work_dir / _ONNX_NAME
     os.replace(produced, final)
     return final
+
+
+def _number(value: Any) -> float | None:
+    """A finite number the (untrusted) child reported, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) < 1e12:
+        return float(value)
+    return None

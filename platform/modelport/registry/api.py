@@ -37,6 +37,8 @@ def version_data(version: ModelVersion, *, include_log: bool = False) -> dict[st
     data = {
         "version": version.number,
         "format": version.format,
+        "runtime": version.runtime if version.status == ModelVersion.Status.READY else None,
+        "requested_runtime": version.requested_runtime,
         "status": version.status,
         "error": version.error,
         "signature": version.signature,
@@ -87,6 +89,10 @@ class SignatureSerializer(serializers.Serializer):
 class VersionSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
+    runtime = serializers.ChoiceField(
+        choices=ModelVersion.Runtime.choices, allow_null=True,
+        help_text="what serves the version once ready: onnx (onnxruntime) or torch (PyTorch in the sandbox)")
+    requested_runtime = serializers.ChoiceField(choices=ModelVersion.RequestedRuntime.choices)
     status = serializers.ChoiceField(choices=ModelVersion.Status.choices)
     error = ErrorSerializer(allow_null=True)
     signature = SignatureSerializer(allow_null=True)
@@ -104,13 +110,20 @@ class VersionListSerializer(serializers.Serializer):
 class VersionUploadSerializer(serializers.Serializer):
     format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
     artifact = serializers.FileField(
-        help_text=".onnx; a TorchScript archive; state_dict weights (.safetensors, .pt, .pth)")
+        help_text=".onnx; a TorchScript archive; state_dict weights (.safetensors, .pt, .pth); "
+                  "a torch.export program (.pt2)")
     source = serializers.FileField(required=False, help_text="Python source defining the network (state_dict only)")
     entrypoint = serializers.CharField(required=False, help_text="nn.Module subclass or factory in source")
     init_kwargs = serializers.CharField(required=False, help_text="JSON object passed to the entrypoint")
-    inputs = serializers.CharField(required=False,
-                                   help_text='JSON array [{"name", "dtype", "shape"}]; required unless onnx')
+    inputs = serializers.CharField(
+        required=False,
+        help_text='JSON array [{"name", "dtype", "shape"}]; required for state_dict and torchscript '
+                  "(onnx and exported_program carry their own)")
     outputs = serializers.CharField(required=False, help_text="JSON array of output names")
+    runtime = serializers.ChoiceField(
+        choices=ModelVersion.RequestedRuntime.choices, required=False, default="auto",
+        help_text="auto (default): ONNX when the conversion is faithful, else PyTorch in the sandbox, with "
+                  "report.runtime_reason; onnx: refuse what does not convert; torch: skip the conversion")
 
 
 def _model_access(request: Request, owner: str, name: str, *, write: bool = False) -> Model:
@@ -212,6 +225,7 @@ class VersionListView(APIView):
             init_kwargs_raw=data.get("init_kwargs"),
             inputs_raw=data.get("inputs"),
             outputs_raw=data.get("outputs"),
+            runtime=str(data.get("runtime", "") or "auto"),
         )
         return Response(version_data(version), status=202)
 

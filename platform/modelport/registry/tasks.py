@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -15,6 +16,9 @@ from modelport.registry import services
 from modelport.registry.models import ModelVersion
 from modelport.registry.storage import artifact_store
 from workers.onnx_validate import validate_in_subprocess
+
+if TYPE_CHECKING:
+    from workers.convert import ConversionResult
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,10 @@ def model_version_process(version_id: int) -> None:
             converted = _convert(version, work)
             if converted is None:
                 return
-            onnx_path, report, conversion_log = converted
+            if converted.runtime == "torch":
+                _ready_on_torch(version, converted)
+                return
+            onnx_path, report, conversion_log = converted.onnx_path, converted.report, converted.log
         result = validate_in_subprocess(onnx_path, timeout_s=timeout)
         if not result.ok:
             services.version_fail(version_id=version_id, code=result.error_code or "invalid",
@@ -74,8 +81,17 @@ def _declared_mismatch(declared: list[dict], actual: list[dict]) -> str | None:
     return None
 
 
-def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None:
-    """Convert a PyTorch upload inside the sandbox; on failure mark the version failed."""
+def _ready_on_torch(version: ModelVersion, result: ConversionResult) -> None:
+    """The version is served by PyTorch itself (in the sandbox), from the upload as it is."""
+    services.version_transition(
+        version_id=version.pk, to=ModelVersion.Status.READY, runtime=ModelVersion.Runtime.TORCH,
+        artifact_sha256=version.upload_sha256, signature=result.signature,
+        report={"parity_max_abs_error": None, **result.report}, log=result.log[-20000:], error=None)
+
+
+def _convert(version: ModelVersion, work: Path) -> ConversionResult | None:
+    """Convert a PyTorch upload inside the sandbox; on failure mark the version failed (None).
+    The result's `onnx_path` is in `work`; with runtime "torch" there is none."""
     from workers import convert  # imports torch (in the sandbox child); only conversion workers run it
     from workers.sandbox import SandboxError, SandboxLimits, SandboxUnavailable
 
@@ -90,6 +106,7 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
             fmt=version.format, artifact=artifact, source=source, entrypoint=version.entrypoint or None,
             init_kwargs=version.init_kwargs or {}, inputs=version.declared_inputs or [], work_dir=out_dir,
             allow_unsandboxed=settings.MODELPORT_ALLOW_UNSANDBOXED, output_names=version.declared_outputs or None,
+            runtime=version.requested_runtime,
             limits=SandboxLimits(wall_seconds=float(settings.MODELPORT_VALIDATION_TIMEOUT_S),
                                  cpu_seconds=settings.MODELPORT_VALIDATION_TIMEOUT_S),
         )
@@ -101,6 +118,8 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
         services.version_fail(version_id=version.pk, code="sandbox_error",
                               message=f"the conversion sandbox failed to start (a platform fault): {exc}")
         return None
+    if result.ok and result.runtime == "torch":
+        return result
     if not result.ok or result.onnx_path is None:
         services.version_fail(version_id=version.pk, code=result.error_code or "conversion_failed",
                               message=result.error_message or "conversion failed", log=result.log,
@@ -108,7 +127,8 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
         return None
     final = work / "converted.onnx"
     shutil.move(str(result.onnx_path), final)
-    return final, result.report, result.log
+    result.onnx_path = final
+    return result
 
 
 @shared_task(ignore_result=True)
