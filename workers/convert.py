@@ -103,7 +103,7 @@ def convert_model(
     limits: SandboxLimits | None = None,
     allow_unsandboxed: bool = False,
     output_names: list[str] | None = None,
-    runtime: str = "auto",
+    runtime: str = "onnx",
 ) -> ConversionResult:
     """Convert `artifact` to ONNX in the sandbox and check it against the original.
 

@@ -49,6 +49,7 @@ CRASH_LIMIT = 5
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
 MAX_RANK = 8
+_LIMIT_CODES = frozenset({"memory_limit", "process_limit", "file_size_limit"})
 OUTPUT_DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 )
@@ -222,8 +223,11 @@ class TorchSession:
         if header.get("ok") is not True:
             code = header.get("code")
             message = str(header.get("message") or "the model failed")[:2000]
-            if code == "memory_limit":
-                raise ModelCrashed(f"the model exceeded its memory limit: {message}")
+            if code in _LIMIT_CODES:
+                # Whatever it left behind (a fork bomb's children, a fragmented heap) goes with it.
+                self.close()
+                self._note_crash()
+                raise ModelCrashed(f"the model hit a limit of its process ({message}); the process was restarted")
             raise ModelCallError(message)
         self.crashes = 0
         return self._checked_outputs(tensors)

@@ -74,6 +74,12 @@ def test_value_dependent_branch_is_never_onnx_and_both_branches_answer_as_eager(
         assert out["status"] == "succeeded"
         np.testing.assert_allclose(np.array(out["output"]["output"], dtype=np.float32), eager(model, x), atol=1e-6)
         assert out["credits"]["charged"] > 0
+        # The Open Inference Protocol reaches the same process.
+        v2 = api.post(f"/v2/models/{api.username}/branch/infer", json={"inputs": [
+            {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert v2.status_code == 200, v2.text
+        np.testing.assert_allclose(np.array(v2.json()["outputs"][0]["data"], dtype=np.float32),
+                                   eager(model, x).ravel(), atol=1e-6)
 
     # runtime=onnx: refused, not converted down one path.
     assert api.post("/api/v1/models", json={"name": "branch-onnx"}).status_code == 201
@@ -203,6 +209,12 @@ def test_faults_end_calls_uncharged_and_the_process_comes_back(user_api, tmp_pat
     assert hog["code"] == "model_crashed"
     assert "memory" in hog["detail"]
 
+    # A fork bomb: bounded by the process's pids cgroup; 503, and a fresh process next.
+    bomb = predict(api, "faulty", {"x": np.array([[33.0, 0.0]], dtype=np.float32)}, status=503)
+    assert bomb["code"] == "model_crashed"
+    assert "process limit" in bomb["detail"]
+    assert predict(api, "faulty", {"x": ok})["output"]["output"] == [[3.0, 4.0]]
+
     # Hanging past the deadline: 503 within the deadline, then served again.
     started = time.monotonic()
     resp = api.post("/api/v1/models/tfaulty/faulty/predictions",
@@ -212,16 +224,16 @@ def test_faults_end_calls_uncharged_and_the_process_comes_back(user_api, tmp_pat
     assert time.monotonic() - started < 10
     assert predict(api, "faulty", {"x": ok})["output"]["output"] == [[3.0, 4.0]]
 
-    # Only the successful calls cost anything: 3 more after `before`.
+    # Only the successful calls cost anything: 4 more after `before`.
     succeeded = api.get("/api/v1/predictions").json()
     charged = [p for p in succeeded["results"] if p["status"] == "succeeded"]
     failed = [p for p in succeeded["results"] if p["status"] == "failed"]
-    assert len(failed) == 5
+    assert len(failed) == 6
     assert all(p["credits"]["charged"] == 0 for p in failed)
     wait_recorded([p["id"] for p in charged])
     spent = before - _account_state(api)
     newer = [p for p in charged if p["id"] != first["id"]]
-    assert len(newer) == 3
+    assert len(newer) == 4
     assert spent == sum(round(p["credits"]["charged"] * 1_000_000) for p in newer)
 
 

@@ -98,7 +98,7 @@ class Probe(nn.Module):
 class Faulty(nn.Module):
     """Behaves by the input's first value: > 100 kills its own process, < -100 never returns,
     exactly 7 raises in forward, 13 allocates far past the memory limit, 21 answers with another
-    dtype than its signature's; else doubles x."""
+    dtype than its signature's, 33 forks until it can't; else doubles x."""
 
     def __init__(self):
         super().__init__()
@@ -113,6 +113,11 @@ class Faulty(nn.Module):
                 time.sleep(1)
         if v == 7:
             raise ValueError("seven is not allowed")
+        if v == 33:
+            for _ in range(10_000):
+                if os.fork() == 0:
+                    time.sleep(60)
+                    os._exit(0)
         if v == 21:
             return (x * self.scale).long()
         if v == 13:
