@@ -4,12 +4,15 @@ Everything here may execute user code (the model source, TorchScript, unpickling
 only ever runs confined. It is a standalone script (no `workers` imports: the sandbox runs it with
 `-I`), reads the job JSON and writes, in its cwd (the scratch dir):
 
-- `model.onnx` (plus `model.onnx.data` only for models over ~1.9 GB) when conversion succeeds;
+- `model.onnx` (plus `model.onnx.data` only for models over ~1.9 GB, or the job's threshold) when
+  conversion succeeds;
 - `report.json`: `{"ok", "error_code", "error_message", "signature", "report"}`, always, unless the
   process is killed (the parent then reports the limit that killed it).
 
-Job keys: fmt ("state_dict" | "torchscript"), artifact, source, entrypoint, init_kwargs, inputs
-(`[{"name", "dtype", "shape", "range"?}]`), output_names (list or null), opset, threads.
+Job keys: fmt ("state_dict" | "torchscript"), artifact, source, source_name (the uploaded file's
+own name, for messages), entrypoint, init_kwargs, inputs (`[{"name", "dtype", "shape", "range"?}]`),
+output_names (list or null), threads, external_data_over_bytes (write tensors to `model.onnx.data`
+when the model is bigger than this; default protobuf's ~1.9 GB limit).
 
 Generated inputs: floats ~ N(0, 1); integers uniform in `range` = [low, high) if the input spec
 gives one, else [0, min(100, smallest nn.Embedding size in the model)); bools uniform. Every dynamic
@@ -17,6 +20,7 @@ gives one, else [0, min(100, smallest nn.Embedding size in the model)); bools un
 6+k and 22+k (k>0); the same axis index has the same size in every input (a batch axis is shared).
 """
 
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -65,6 +69,7 @@ TOLERANCES = {
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SOURCE_NAME = "the source file"  # the uploaded file's own name once the job is read
 
 
 class JobError(Exception):
@@ -91,6 +96,18 @@ def _user_frame(exc: BaseException, filename: str) -> str:
     if isinstance(exc, SyntaxError) and exc.filename == filename:
         line = exc.lineno
     return f" (line {line} of the source)" if line else ""
+
+
+def describe_syntax_error(exc: SyntaxError) -> str:
+    """`net.py, line 7: invalid syntax` and the offending line with a caret under the spot."""
+    kind = "indentation error" if isinstance(exc, IndentationError) else "syntax error"
+    head = f"{SOURCE_NAME} has a {kind} at line {exc.lineno}: {exc.msg}"
+    text = (exc.text or "").rstrip("\n")
+    if not text.strip():
+        return head
+    stripped = text.lstrip()
+    caret = max((exc.offset or 1) - 1 - (len(text) - len(stripped)), 0)
+    return f"{head}\n    {stripped[:300]}\n    {' ' * min(caret, 300)}^"
 
 
 def _resource_error(exc: BaseException) -> JobError | None:
@@ -136,6 +153,8 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         mapped = _resource_error(exc)
         if mapped is not None:
             raise mapped from None
+        if path.suffix != ".safetensors" and _pickles_a_module(path):
+            raise JobError("weights_rejected", f"weights file rejected: {PICKLED_MODULE_ADVICE}") from None
         raise JobError("weights_rejected", f"weights file rejected: {_weights_error_reason(exc)}") from None
     if isinstance(obj, dict) and not _is_tensor_dict(obj):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -149,6 +168,58 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             f"(a state_dict), got {type(obj).__name__}",
         )
     return obj
+
+
+PICKLED_MODULE_ADVICE = (
+    "this file pickles a whole module; save `model.state_dict()` instead "
+    "(torch.save(model.state_dict(), 'weights.pt')) and upload it with format=state_dict, the source and "
+    "the entrypoint"
+)
+STATE_DICT_NOT_TORCHSCRIPT = (
+    "this is a state_dict, not a TorchScript archive; use format=state_dict (with the model's source file "
+    "and entrypoint), or upload torch.jit.save(torch.jit.script(model)) as torchscript"
+)
+MODULE_NOT_TORCHSCRIPT = (
+    "this file pickles a whole module (torch.save(model)), not a TorchScript archive; upload "
+    "torch.jit.save(torch.jit.script(model)) as torchscript, or save `model.state_dict()` and use format=state_dict"
+)
+
+
+def _pickle_bytes(path: Path) -> bytes | None:
+    """The pickle of a torch.save file: `<archive>/data.pkl` of the zip format, else the file."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+                if not names or archive.getinfo(names[0]).file_size > 64 * 2**20:
+                    return None
+                return archive.read(names[0])
+        with open(path, "rb") as raw:
+            return raw.read(64 * 2**20)
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return None
+
+
+def _pickles_a_module(path: Path) -> bool:
+    """True if the pickle builds an nn.Module (torch.save(model)): read with pickletools, which
+    lists opcodes and never executes anything. A module's state carries `_parameters` and
+    `_modules`, or its class comes from torch.nn.modules."""
+    import pickletools
+
+    data = _pickle_bytes(path)
+    if data is None:
+        return False
+    strings: set[str] = set()
+    # A truncated or odd pickle is read as far as it goes.
+    with contextlib.suppress(ValueError, EOFError, UnicodeDecodeError):
+        for opcode, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.add(arg)
+            if opcode.name == "STOP":
+                break
+    return {"_parameters", "_modules"} <= strings or any(s.startswith("torch.nn.modules") for s in strings)
 
 
 _TORCH_LOAD_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue")
@@ -183,6 +254,10 @@ def build_module(source: Path, entrypoint: str, init_kwargs: dict[str, Any]) -> 
     sys.modules["user_model"] = module
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        if exc.filename != filename:
+            raise _wrap_user_error("source_error", "the source file failed to import", exc, filename) from None
+        raise JobError("source_error", describe_syntax_error(exc)) from None
     except BaseException as exc:
         raise _wrap_user_error("source_error", "the source file failed to import", exc, filename) from None
     target = getattr(module, entrypoint, None)
@@ -219,6 +294,24 @@ def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
 
 
+DATA_PARALLEL_PREFIX = "module."
+
+
+def strip_data_parallel_prefix(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Weights saved from nn.DataParallel/DistributedDataParallel have every key prefixed with
+    `module.`; load them with the prefix stripped when the model's own keys have none."""
+    expected = model.state_dict()
+    if (
+        state_dict
+        and all(k.startswith(DATA_PARALLEL_PREFIX) for k in state_dict)
+        and not any(k.startswith(DATA_PARALLEL_PREFIX) for k in expected)
+    ):
+        return {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in state_dict.items()}, True
+    return state_dict, False
+
+
 def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Compare names and shapes before loading so that every problem is listed at once."""
     expected = model.state_dict()
@@ -253,6 +346,9 @@ def load_torchscript(path: Path) -> torch.nn.Module:
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
+        advice = _not_torchscript_advice(path)
+        if advice is not None:
+            raise JobError("torchscript_rejected", f"TorchScript archive rejected: {advice}") from None
         raise _wrap_user_error("torchscript_rejected", "TorchScript archive rejected", exc) from None
 
 
@@ -308,6 +404,22 @@ def program_inputs(program: Any, declared: list[dict[str, Any]]) -> list[dict[st
         if "range" in given:
             spec["range"] = given["range"]
     return specs
+
+
+def _not_torchscript_advice(path: Path) -> str | None:
+    """What a torch.save file sent as torchscript is, when it is one of the usual mistakes.
+    Only ever unpickles with weights_only=True."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # not a plain weights file; maybe a pickled module
+        return MODULE_NOT_TORCHSCRIPT if _pickles_a_module(path) else None
+    if (
+        isinstance(obj, dict)
+        and obj
+        and (_is_tensor_dict(obj) or any(isinstance(obj.get(k), dict) for k in ("state_dict", "model_state_dict")))
+    ):
+        return STATE_DICT_NOT_TORCHSCRIPT
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +635,25 @@ def _specialisation(caught: list[warnings.WarningMessage]) -> str | None:
     return None
 
 
+def export_advice(reasons: str) -> str:
+    """One sentence on what to change, chosen from what the exporters said."""
+    ops = re.findall(r"unsupported operator ([^:]+):", reasons)
+    if ops:
+        return (
+            f"The model could not be exported to ONNX because it uses {ops[0].strip()}, which has no ONNX "
+            "form: compute that part with standard torch operations, or outside the model."
+        )
+    if re.search(r"data.dependent|GuardOnDataDependent|\.item\(\)|tolist|Could not guard", reasons):
+        return (
+            "The model could not be exported to ONNX because forward() depends on tensor values: replace "
+            "Python if/for/.item() on tensors with torch.where or fixed shapes."
+        )
+    return (
+        "The model could not be exported to ONNX: make forward() use only torch operations on its tensor "
+        "inputs (no numpy, files or Python-side state), or upload a torch.jit.trace archive as torchscript."
+    )
+
+
 def export(
     model: torch.nn.Module,
     exporter: str,
@@ -651,20 +782,13 @@ def parity(
     return max_abs, max_rel, None
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+def measure(path: Path, input_names: list[str], inputs: list[torch.Tensor]) -> float:
+    """Latency p50 in ms of onnxruntime runs on the export example (onnxruntime's own time).
 
-
-def measure(path: Path, input_names: list[str], inputs: list[torch.Tensor]) -> tuple[float, float]:
-    """(latency p50 in ms on the export example, resident memory the session added in MB)."""
+    No memory figure here: torch's freed memory gets reused in this process, so an RSS delta
+    would under-count; the validator measures the served session's peak in a fresh process."""
     feed = {name: _np(t) for name, t in zip(input_names, inputs, strict=True)}
-    before = _rss_mb()
     session = make_session(path)
-    peak = _rss_mb()
     for _ in range(3):
         session.run(None, feed)
     timings: list[float] = []
@@ -673,10 +797,7 @@ def measure(path: Path, input_names: list[str], inputs: list[torch.Tensor]) -> t
         start = time.perf_counter()
         session.run(None, feed)
         timings.append((time.perf_counter() - start) * 1000.0)
-    peak = max(peak, _rss_mb())
-    # The RSS delta under-counts in this process (memory freed by torch gets reused); the weights
-    # have to be resident in any case.
-    return float(np.median(timings)), max(peak - before, os.path.getsize(path) / 2**20)
+    return float(np.median(timings))
 
 
 def _torch_runtime_report(model: torch.nn.Module, inputs: list[torch.Tensor], started: float) -> dict[str, Any]:
@@ -699,9 +820,10 @@ def _torch_runtime_report(model: torch.nn.Module, inputs: list[torch.Tensor], st
     }
 
 
-def finalize_onnx(candidate: Path, final: Path) -> int | None:
-    """Write the accepted export as one file (external data only above the protobuf limit), with
-    standard-domain opset imports only."""
+def finalize_onnx(candidate: Path, final: Path, external_over: int = SINGLE_FILE_MAX_BYTES) -> int | None:
+    """Write the accepted export with standard-domain opset imports only: as one file, or, when
+    the model is over `external_over` bytes (protobuf's limit by default; the job may set it
+    lower), with its tensors over 1 KiB (or over the threshold, if lower) in `<final>.data` beside it."""
     import onnx
 
     model = onnx.load(str(candidate))
@@ -709,8 +831,14 @@ def finalize_onnx(candidate: Path, final: Path) -> int | None:
     keep = [op for op in model.opset_import if op.domain in ("", "ai.onnx") or op.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(keep)
-    if model.ByteSize() > SINGLE_FILE_MAX_BYTES:
-        onnx.save(model, str(final), save_as_external_data=True, location=final.name + ".data")
+    if model.ByteSize() > external_over:
+        onnx.save(
+            model,
+            str(final),
+            save_as_external_data=True,
+            location=final.name + ".data",
+            size_threshold=min(1024, external_over),
+        )
     else:
         onnx.save(model, str(final))
     opsets = {op.domain or "ai.onnx": op.version for op in model.opset_import}
@@ -729,9 +857,13 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
     program = None
     fmt = job["fmt"]
     artifact = scratch / job["artifact"]
+    stripped = False
+    global SOURCE_NAME
+    SOURCE_NAME = job.get("source_name") or SOURCE_NAME
     if fmt == "state_dict":
         state_dict = load_state_dict_file(artifact)
         model = build_module(scratch / job["source"], job["entrypoint"], job.get("init_kwargs") or {})
+        state_dict, stripped = strip_data_parallel_prefix(model, state_dict)
         check_state_dict(model, state_dict)
         del state_dict
     elif fmt == "torchscript":
@@ -789,6 +921,8 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
     }
     if skipped:
         base_report["parity_sets_skipped"] = skipped
+    if stripped:
+        base_report["state_dict_prefix_stripped"] = DATA_PARALLEL_PREFIX
     if job.get("runtime") == "torch":
         return signature, {**base_report, **_torch_runtime_report(model, sets["export"][0], started)}
 
@@ -846,14 +980,14 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
                 report,
             )
         reasons = "; ".join(f"{a['exporter']}: {a['error']}" for a in attempts)
-        raise JobError("export_failed", f"the model could not be exported to ONNX: {reasons}", report)
+        raise JobError("export_failed", f"{export_advice(reasons)} What the exporters said: {reasons}", report)
 
     exporter, candidate, max_abs, max_rel = chosen
     final = scratch / "model.onnx"
-    opset = finalize_onnx(candidate, final)
+    opset = finalize_onnx(candidate, final, int(job.get("external_data_over_bytes") or SINGLE_FILE_MAX_BYTES))
     for path in scratch.glob("candidate-*"):
         path.unlink()
-    latency, session_mb = measure(final, input_names, sets["export"][0])
+    latency = measure(final, input_names, sets["export"][0])
     report = {
         **base_report,
         "runtime": "onnx",
@@ -864,7 +998,6 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
             for which, (inputs, _) in sets.items()
         },
         "latency_ms_p50": round(latency, 4),
-        "peak_memory_mb": round(session_mb, 2),
         "conversion_peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "opset": opset,
         "exporter": exporter,

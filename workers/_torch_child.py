@@ -70,6 +70,7 @@ def load_model(job: dict[str, Any], scratch: Path) -> Any:
     if job["fmt"] == "state_dict":
         state_dict = conv.load_state_dict_file(artifact)
         model = conv.build_module(scratch / job["source"], job["entrypoint"], job.get("init_kwargs") or {})
+        state_dict, _ = conv.strip_data_parallel_prefix(model, state_dict)
         conv.check_state_dict(model, state_dict)
         del state_dict
     elif job["fmt"] == "torchscript":

@@ -15,7 +15,6 @@ or alert, don't blame the upload.
 from __future__ import annotations
 
 import json
-import keyword
 import os
 import shutil
 import stat
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.external_data import ExternalDataError, check_external_data
+from workers import upload_rules
+from workers.external_data import ExternalDataError, check_external_data, external_tensors
 from workers.sandbox import (
     CPU_LIMIT,
     FILE_SIZE_LIMIT,
@@ -38,9 +38,8 @@ from workers.sandbox import (
 
 _CHILD = Path(__file__).with_name("_convert_child.py")
 FORMATS = frozenset({"state_dict", "torchscript", "exported_program"})
-WEIGHT_SUFFIXES = frozenset({".safetensors", ".pt", ".pth"})
-# dtypes the converter can generate inputs for (numpy names, as in the API).
-INPUT_DTYPES = frozenset({"float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"})
+# dtypes the converter can generate inputs for: one rule with the web tier (workers.upload_rules).
+INPUT_DTYPES = upload_rules.CONVERTIBLE_DTYPES
 LIMIT_ERROR_CODES = frozenset({TIME_LIMIT, CPU_LIMIT, MEMORY_LIMIT, PROCESS_LIMIT, FILE_SIZE_LIMIT})
 RUNTIMES = frozenset({"auto", "onnx", "torch"})
 # Failures of the conversion itself (not of the model): under runtime "auto" the model is then
@@ -60,9 +59,10 @@ class ConversionResult:
     ok: `onnx_path` is the converted model (in `work_dir`, outside the sandbox's scratch) and
     `signature` is `{"inputs": [{name, dtype, shape}], "outputs": [...]}` (shape entries int or
     None). Otherwise `error_code`/`error_message` say why. `report` always holds what was measured:
-    parity_max_abs_error, parity_max_rel_error, latency_ms_p50, peak_memory_mb (resident memory an
-    onnxruntime session of the model adds), parameter_count, opset, exporter, export_attempts,
-    isolation... `log` is the tail (8 KB) of the job's stdout/stderr.
+    parity_max_abs_error, parity_max_rel_error, latency_ms_p50 (onnxruntime's own run time),
+    conversion_peak_memory_mb (the job's peak RSS), parameter_count, opset, exporter,
+    export_attempts, state_dict_prefix_stripped, isolation... `log` is the tail (8 KB) of the
+    job's stdout/stderr. (peak_memory_mb is the validator's, measured in its own process.)
 
     `runtime` says what serves the model: "onnx" (`onnx_path` is set) or "torch" (no ONNX file:
     the upload itself is served by PyTorch in the sandbox; `runtime_reason` says why when the
@@ -104,6 +104,8 @@ def convert_model(
     allow_unsandboxed: bool = False,
     output_names: list[str] | None = None,
     runtime: str = "onnx",
+    source_name: str | None = None,
+    external_data_over_bytes: int | None = None,
 ) -> ConversionResult:
     """Convert `artifact` to ONNX in the sandbox and check it against the original.
 
@@ -113,8 +115,10 @@ def convert_model(
 
     `inputs`: `[{"name", "dtype", "shape", "range"?}]` as in the API (`range` = [low, high) for
     generated integer inputs; optional). `work_dir` is created if needed; on success it holds
-    `model.onnx` (and `model.onnx.data` for models over ~1.9 GB); the sandbox scratch inside it is
-    removed. Raises `SandboxUnavailable`/`SandboxError` for platform problems only.
+    `model.onnx` (and `model.onnx.data` for models over `external_data_over_bytes`, by default
+    protobuf's ~1.9 GB limit); the sandbox scratch inside it is removed. `source_name`: the
+    uploaded source file's own name, used in messages (a syntax error names it). Raises
+    `SandboxUnavailable`/`SandboxError` for platform problems only.
     """
     limits = limits or SandboxLimits()
     if runtime not in RUNTIMES:
@@ -133,6 +137,9 @@ def convert_model(
     try:
         job = _stage_job(scratch, fmt, artifact, source, entrypoint, init_kwargs, specs, output_names, limits)
         job["runtime"] = runtime
+        job["source_name"] = (source_name or (source.name if source else ""))[-200:]
+        if external_data_over_bytes is not None:
+            job["external_data_over_bytes"] = int(external_data_over_bytes)
         (scratch / "job.json").write_text(json.dumps(job))
         result = run_in_sandbox(
             argv=[sys.executable, "-I", str(_CHILD), str(scratch / "job.json")],
@@ -162,75 +169,28 @@ def _check_request(
         )
     if not artifact.is_file():
         raise _InvalidRequest("invalid_artifact", "the artifact file is missing")
-    if fmt == "exported_program":
-        # The program carries its own signature; declared inputs (optional) are checked against it.
-        if artifact.suffix.lower() != ".pt2":
-            raise _InvalidRequest("invalid_artifact", f"an exported program is a .pt2 file, not {artifact.name!r}")
-        if not inputs:
-            inputs_given: list[dict[str, Any]] = []
-            _check_outputs(output_names, inputs_given)
-            return inputs_given
-    if fmt == "state_dict":
-        if artifact.suffix.lower() not in WEIGHT_SUFFIXES:
-            raise _InvalidRequest(
-                "invalid_artifact", f"state_dict weights must be .safetensors, .pt or .pth, not {artifact.name!r}"
-            )
-        if source is None or not source.is_file():
-            raise _InvalidRequest("invalid_source", "a state_dict upload needs the model's Python source file")
-        if not entrypoint or not entrypoint.isidentifier() or keyword.iskeyword(entrypoint):
-            raise _InvalidRequest("invalid_entrypoint", f"entrypoint {entrypoint!r} is not a Python name")
+    try:
+        if fmt == "exported_program":
+            # The program carries its own signature; declared inputs (optional) are checked against it.
+            upload_rules.check_program_name(artifact.name)
+            specs = upload_rules.check_input_specs(inputs, dtypes=upload_rules.CONVERTIBLE_DTYPES) if inputs else []
+        else:
+            if fmt == "state_dict":
+                upload_rules.check_weights_name(artifact.name)
+                if source is None or not source.is_file():
+                    raise upload_rules.RuleError("source", "a state_dict upload needs the model's Python source file")
+                upload_rules.check_entrypoint(entrypoint)
+            specs = upload_rules.check_input_specs(inputs, dtypes=upload_rules.CONVERTIBLE_DTYPES)
+        if output_names is not None:
+            upload_rules.check_output_names(output_names, input_names=[s["name"] for s in specs])
+    except upload_rules.RuleError as exc:
+        raise _InvalidRequest(f"invalid_{exc.field}", exc.message) from None
     if not isinstance(init_kwargs, dict) or not all(isinstance(k, str) for k in init_kwargs):
         raise _InvalidRequest("invalid_init_kwargs", "init_kwargs must be a JSON object")
     try:
         json.dumps(init_kwargs)
     except (TypeError, ValueError):
         raise _InvalidRequest("invalid_init_kwargs", "init_kwargs must be plain JSON") from None
-    specs = _check_inputs(inputs)
-    _check_outputs(output_names, specs)
-    return specs
-
-
-def _check_outputs(output_names: list[str] | None, specs: list[dict[str, Any]]) -> None:
-    if output_names is not None and (
-        not isinstance(output_names, list)
-        or not all(isinstance(n, str) and n for n in output_names)
-        or len(set(output_names)) != len(output_names)
-        or set(output_names) & {s["name"] for s in specs}
-    ):
-        raise _InvalidRequest("invalid_outputs", "outputs must be distinct, non-empty names, not used by inputs")
-
-
-def _check_inputs(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not isinstance(inputs, list) or not inputs:
-        raise _InvalidRequest("invalid_inputs", "inputs must be a non-empty list of {name, dtype, shape}")
-    specs: list[dict[str, Any]] = []
-    for i, spec in enumerate(inputs):
-        where = f"inputs[{i}]"
-        if not isinstance(spec, dict):
-            raise _InvalidRequest("invalid_inputs", f"{where} must be an object")
-        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
-        if not isinstance(name, str) or not name:
-            raise _InvalidRequest("invalid_inputs", f"{where}.name must be a non-empty string")
-        if dtype not in INPUT_DTYPES:
-            raise _InvalidRequest("invalid_inputs", f"{where}.dtype {dtype!r} is not one of {sorted(INPUT_DTYPES)}")
-        if not isinstance(shape, list) or not all(
-            d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in shape
-        ):
-            raise _InvalidRequest("invalid_inputs", f"{where}.shape must be a list of positive ints or null")
-        clean: dict[str, Any] = {"name": name, "dtype": dtype, "shape": list(shape)}
-        value_range = spec.get("range")
-        if value_range is not None:
-            if (
-                not isinstance(value_range, list)
-                or len(value_range) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value_range)
-                or value_range[0] >= value_range[1]
-            ):
-                raise _InvalidRequest("invalid_inputs", f"{where}.range must be [low, high) integers with low < high")
-            clean["range"] = list(value_range)
-        specs.append(clean)
-    if len({s["name"] for s in specs}) != len(specs):
-        raise _InvalidRequest("invalid_inputs", "input names must be distinct")
     return specs
 
 
@@ -348,8 +308,12 @@ def _check_signature(raw: Any, job: dict[str, Any]) -> dict[str, Any]:
         child_inputs = raw.get("inputs") if isinstance(raw, dict) else None
         if not isinstance(child_inputs, list):
             raise _InvalidRequest("conversion_error", "no inputs in the signature")
-        checked = _check_inputs([{k: v for k, v in i.items() if k in ("name", "dtype", "shape")}
-                                 for i in child_inputs if isinstance(i, dict)])
+        try:
+            checked = upload_rules.check_input_specs(
+                [{k: v for k, v in i.items() if k in ("name", "dtype", "shape")} for i in child_inputs
+                 if isinstance(i, dict)], dtypes=upload_rules.CONVERTIBLE_DTYPES)
+        except upload_rules.RuleError as exc:
+            raise _InvalidRequest("conversion_error", f"malformed input spec: {exc.message}") from None
         if len(checked) != len(child_inputs):
             raise _InvalidRequest("conversion_error", "malformed input spec")
         declared = [(s["name"], s["dtype"]) for s in job["inputs"]]
@@ -371,7 +335,7 @@ def _collect_onnx(scratch: Path, work_dir: Path) -> Path:
     import onnx
 
     model = onnx.load(str(produced), load_external_data=False)
-    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    locations = {e.value for _, t in external_tensors(model) for e in t.external_data if e.key == "location"}
     for name in locations:
         data = scratch / name
         data_st = os.lstat(data)  # check_external_data: exists, inside scratch, no symlinks

@@ -44,10 +44,18 @@ def check_external_data(model_path: Path, model: onnx.ModelProto | None = None) 
     if model is None:
         model = onnx.load(str(model_path), load_external_data=False)
     base = Path(os.path.realpath(model_path.parent))
+    for owner, tensor in external_tensors(model):
+        _check_location(base, owner, tensor)
+    check_operator_domains(model)
+
+
+def external_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """(where, tensor) for every tensor of the model that keeps its data in an external file:
+    initializers, sparse initializers and node attributes (Constant), in the main graph, every
+    subgraph (If/Loop/Scan bodies) and local functions."""
     for owner, tensor in _tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-            _check_location(base, owner, tensor)
-    check_operator_domains(model)
+            yield owner, tensor
 
 
 def check_operator_domains(model: onnx.ModelProto) -> None:
@@ -110,15 +118,27 @@ def _check_location(base: Path, owner: str, tensor: onnx.TensorProto) -> None:
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     yield graph
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
+        yield from _subgraphs(node)
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield from _graphs(attr.g)
+        for sub in attr.graphs:
+            yield from _graphs(sub)
+
+
+def _model_graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every subgraph (If/Loop/Scan bodies), also those inside local functions."""
+    yield from _graphs(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from _subgraphs(node)
 
 
 def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    for graph in _graphs(model.graph):
+    for graph in _model_graphs(model):
         yield from graph.node
     for function in model.functions:
         yield from function.node
@@ -127,12 +147,13 @@ def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 def _tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
     """Every TensorProto that may carry data: initializers, sparse initializers and tensors in
     node attributes (e.g. Constant), in the main graph, subgraphs and local functions."""
-    for graph in _graphs(model.graph):
+    for graph in _model_graphs(model):
+        where = "initializer" if graph is model.graph else f"initializer of subgraph {graph.name!r}"
         for tensor in graph.initializer:
-            yield "initializer", tensor
+            yield where, tensor
         for sparse in graph.sparse_initializer:
-            yield "sparse initializer", sparse.values
-            yield "sparse initializer", sparse.indices
+            yield f"sparse {where}", sparse.values
+            yield f"sparse {where}", sparse.indices
     nodes: list[onnx.NodeProto] = list(_nodes(model))
     for node in nodes:
         for attr in node.attribute:
@@ -147,3 +168,44 @@ def _tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
             for sparse in attr.sparse_tensors:
                 yield where, sparse.values
                 yield where, sparse.indices
+
+
+DATA_SUFFIX = ".onnxdata"
+
+
+def content_address_external_data(model_path: Path) -> list[Path]:
+    """Rename every external data file of the (vetted) model at `model_path` to
+    `<sha256 of its bytes>.onnxdata` in the same folder and point the model's references at the
+    new names, so the model and its data can sit side by side in a content-addressed store
+    without clashing with another model's. Returns the data files (none for a self-contained
+    model, which is left untouched). Call `check_external_data` first."""
+    import hashlib
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    renamed: dict[str, Path] = {}
+    for _, tensor in external_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key != "location":
+                continue
+            if entry.value not in renamed:
+                source = model_path.parent / entry.value
+                digest = hashlib.sha256()
+                with open(source, "rb") as data:
+                    while chunk := data.read(1024 * 1024):
+                        digest.update(chunk)
+                target = model_path.parent / f"{digest.hexdigest()}{DATA_SUFFIX}"
+                os.replace(source, target)
+                renamed[entry.value] = target
+            entry.value = renamed[entry.value].name
+    if renamed:
+        # The proto alone (its tensors' bytes stay in the data files): no onnx.save, which
+        # would try to write external data itself.
+        model_path.write_bytes(model.SerializeToString())
+    return sorted(set(renamed.values()))
+
+
+def external_data_bytes(model_path: Path) -> int:
+    """Total size of the distinct external data files the model at `model_path` references."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = {e.value for _, t in external_tensors(model) for e in t.external_data if e.key == "location"}
+    return sum((model_path.parent / name).stat().st_size for name in names)

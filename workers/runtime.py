@@ -24,6 +24,7 @@ import numpy as np
 from workers.signature import sample_input, tensor_spec
 
 log = logging.getLogger(__name__)
+_EXTERNAL_DATA_PROBE_BYTES = 64 * 1024 * 1024
 
 
 def available_providers() -> list[str]:
@@ -164,6 +165,12 @@ class ModelCache:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         size = path.stat().st_size
+        if size < _EXTERNAL_DATA_PROBE_BYTES:
+            # A converted model over ~1.9 GB is a small graph file plus data files beside it
+            # (workers.external_data); count those too. A big file holds its own tensors.
+            from workers.external_data import external_data_bytes
+
+            size += external_data_bytes(path)
         providers: list[Any] = ["CPUExecutionProvider"]
         device_bytes = 0
         if self.use_cuda:

@@ -17,6 +17,19 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+# tests/deploy/test_k8s.py renders deploy/k8s/ with kubectl's kustomize (Debian's kubectl package:
+# kubectl 1.32 with kustomize v5; Debian's older kubernetes-client lacks what the manifests use).
+if ! command -v kubectl >/dev/null; then
+  echo "installing kubectl (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null
+fi
+
+# tests/integration/test_multihost.py makes test hosts of network namespaces (`ip netns`, veth).
+if ! command -v ip >/dev/null; then
+  echo "installing iproute2 (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
+
 if ! pg_up; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start

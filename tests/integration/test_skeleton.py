@@ -42,7 +42,7 @@ def test_onnx_upload_predict_and_charge(alice, mlp_path):
     }
     assert version["report"]["parity_max_abs_error"] is None
     assert version["report"]["latency_ms_p50"] > 0
-    assert version["report"]["peak_memory_mb"] >= 0
+    assert version["report"]["peak_memory_mb"] > 0  # measured: it was 0.00 on every version
 
     x = np.random.default_rng(1).standard_normal((3, 784)).astype(np.float32)
     expected = ort.InferenceSession(str(mlp_path)).run(None, {"x": x})[0]

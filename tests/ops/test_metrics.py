@@ -52,3 +52,57 @@ def test_metrics_endpoint_auth(client, db):
 def test_readyz_in_process(client, db):
     resp = client.get("/readyz")
     assert (resp.status_code, resp.json()) == (200, {"ready": True})
+
+
+def test_metrics_expose_the_data_planes_pending_calls_and_workers(client, db):
+    """What KEDA's metrics-api trigger reads (deploy/k8s/base/serving-cpu.yaml): the sum over
+    every call list, read from Redis when /metrics is scraped."""
+    import json
+    import time
+
+    from django.conf import settings
+    from modelport.gateway import dispatch
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = dispatch.sync_redis()
+    lists = [dispatch.cold_queue(), dispatch.version_queue(7)]
+    try:
+        r.rpush(lists[0], b"a", b"b", b"c")
+        r.rpush(lists[1], b"d", b"e")
+        now = time.time()
+        r.hset(dispatch.workers_key(), mapping={
+            "w-live": json.dumps({"id": "w-live", "ts": now}),
+            "w-stale": json.dumps({"id": "w-stale", "ts": now - settings.MODELPORT_WORKER_STALE_S - 5})})
+        with override_settings(MODELPORT_METRICS_TOKEN=TOKEN):
+            resp = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert resp.status_code == 200
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(resp.content.decode()) for s in family.samples}
+        assert samples[("modelport_serving_pending_calls", ())] == 5.0
+        assert samples[("modelport_serving_queue_pending_calls", (("queue", lists[0]),))] == 3.0
+        assert samples[("modelport_serving_queue_pending_calls", (("queue", lists[1]),))] == 2.0
+        assert samples[("modelport_serving_workers", (("state", "live"),))] == 1.0
+        assert samples[("modelport_serving_workers", (("state", "stale"),))] == 1.0
+        r.delete(*lists)  # Redis drops empty lists: the per-list series go, the total reads 0
+        with override_settings(MODELPORT_METRICS_TOKEN=TOKEN):
+            text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).content.decode()
+        assert "\nmodelport_serving_pending_calls 0.0\n" in text
+        assert "modelport_serving_queue_pending_calls{" not in text
+    finally:
+        r.delete(*lists, dispatch.workers_key())
+
+
+def test_pending_calls_are_left_out_not_zero_when_redis_is_down(client, db):
+    from modelport.gateway import dispatch
+
+    dispatch.sync_redis.cache_clear()
+    try:
+        with override_settings(MODELPORT_METRICS_TOKEN=TOKEN, REDIS_URL=f"redis://127.0.0.1:{stk.free_port()}/0"):
+            resp = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            dispatch.sync_redis.cache_clear()
+    finally:
+        dispatch.sync_redis.cache_clear()
+    assert resp.status_code == 200
+    text = resp.content.decode()
+    assert "modelport_http_requests_total" in text
+    assert "modelport_serving_pending_calls" not in text  # a scaler reads an error, never a false 0

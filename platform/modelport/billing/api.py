@@ -6,7 +6,6 @@ import csv
 import io
 
 from django.http import HttpResponse
-from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -17,6 +16,7 @@ from rest_framework.views import APIView
 from modelport.accounts.schema import responses
 from modelport.billing import selectors
 from modelport.common.problems import Problem
+from modelport.common.when import parse_when
 
 PAGE = 500
 
@@ -25,21 +25,7 @@ def _when(request: Request, name: str):
     raw = request.query_params.get(name)
     if not raw:
         return None
-    try:
-        # Both parsers raise ValueError for well-formed but impossible values (2026-13-45).
-        value = parse_datetime(raw) if len(raw) > 10 else None
-        day = parse_date(raw) if value is None and len(raw) == 10 else None
-    except ValueError:
-        value = day = None
-    if value is None:
-        if day is None:
-            raise Problem(400, f"{name} must be an ISO date or datetime", errors={name: [raw]})
-        from datetime import UTC, datetime
-
-        value = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    if value.tzinfo is None:
-        raise Problem(400, f"{name} needs a timezone (e.g. 2026-01-01T00:00:00Z)", errors={name: [raw]})
-    return value
+    return parse_when(raw, name=name)
 
 
 def _filter(request: Request, name: str) -> str | None:

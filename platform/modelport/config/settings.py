@@ -185,6 +185,10 @@ MODELPORT_WORKER_STALE_S = env_float("MODELPORT_WORKER_STALE_S", 15.0, minimum=1
 MODELPORT_HEARTBEAT_S = env_float("MODELPORT_HEARTBEAT_S", 2.0, minimum=0.1)
 MODELPORT_VALIDATION_TIMEOUT_S = env_int("MODELPORT_VALIDATION_TIMEOUT_S", 600, minimum=1)
 MODELPORT_ALLOW_UNSANDBOXED = env_bool("MODELPORT_ALLOW_UNSANDBOXED", False)
+# A converted model bigger than this keeps its tensors in an external data file beside the .onnx
+# (protobuf cannot hold a file over 2 GiB). Lower it only to exercise that path with small models.
+MODELPORT_ONNX_EXTERNAL_DATA_OVER_BYTES = env_int("MODELPORT_ONNX_EXTERNAL_DATA_OVER_BYTES", 1_900_000_000,
+                                                  minimum=0)
 if MODELPORT_ALLOW_UNSANDBOXED and not DEVELOPMENT:
     raise ImproperlyConfigured("MODELPORT_ALLOW_UNSANDBOXED=1 is refused with MODELPORT_ENV=production")
 # Webhooks (gateway/webhooks.py). Private/loopback targets only in development, for local receivers.

@@ -25,16 +25,34 @@ when it exposes them (`nv_inference_request_success_total`):
   nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes  gauges by `gpu` (device index)
 plus Modelport's own worker gauges (model cache use, loaded models); see `heartbeat_observe`.
 
+Data plane (web tier, computed from Redis when /metrics is read, never on the call path; see
+`serving_queues_register`). Every serving worker takes calls from the same lists (any worker may
+serve any version), so these are also each serving pool's pending depth; KEDA scales the pools on
+`modelport_serving_pending_calls` (deploy/k8s/, docs/OPERATIONS.md):
+  modelport_serving_pending_calls              gauge: calls waiting in all the call lists
+  modelport_serving_queue_pending_calls{queue} gauge: calls waiting in one list (`mp:q:cold`,
+                                               `mp:q:v<version id>`; only lists that hold calls)
+  modelport_serving_workers{state}             gauge: serving workers by heartbeat, `live` or
+                                               `stale` (older than MODELPORT_WORKER_STALE_S)
+
 Each uvicorn or Celery process has its own registry: run one web process per container (as the
 compose file does) or configure prometheus_client's multiprocess mode.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import redis
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 # --- web tier -------------------------------------------------------------------------------------
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -135,3 +153,58 @@ def worker_metrics_start(*, port: int | None = None, addr: str | None = None) ->
         return None
     server, _thread = start_http_server(port, addr=addr)
     return int(server.server_address[1])
+
+
+# --- data plane (web tier, read at scrape time) -----------------------------------------------------
+class ServingQueues(Collector):
+    """The data plane's pending calls and serving workers, read from Redis at each collection.
+
+    One SCAN of the call lists (`<prefix>:q:*`, the keys gateway/dispatch.py pushes to), one
+    pipelined LLEN per list that exists and one HGETALL of the heartbeats: ~1 ms per scrape,
+    nothing on the call path. Redis down: the three metrics are left out of the exposition (so a
+    scaler reading them reports an error and keeps the current replicas, rather than reading 0).
+    """
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from modelport.gateway import dispatch
+
+        try:
+            client = dispatch.sync_redis()
+            lists = sorted(k.decode() for k in client.scan_iter(f"{dispatch.key('q')}:*", count=1000))
+            pipe = client.pipeline(transaction=False)
+            for name in lists:
+                pipe.llen(name)
+            depths = pipe.execute() if lists else []
+            beats = dispatch.live_workers(client.hgetall(dispatch.workers_key()))
+        except (redis.RedisError, ValueError) as exc:  # Redis down, or a heartbeat that is not JSON
+            log.warning("serving queue metrics unavailable: %s", exc)
+            return
+        total = GaugeMetricFamily("modelport_serving_pending_calls",
+                                  "Calls waiting for a serving worker, all call lists together")
+        total.add_metric([], float(sum(depths)))
+        per_list = GaugeMetricFamily("modelport_serving_queue_pending_calls", "Calls waiting in one call list",
+                                     labels=["queue"])
+        for name, depth in zip(lists, depths, strict=True):
+            per_list.add_metric([name], float(depth))
+        workers = GaugeMetricFamily("modelport_serving_workers", "Serving workers by heartbeat state",
+                                    labels=["state"])
+        stale = sum(1 for beat in beats if beat["stale"])
+        workers.add_metric(["live"], float(len(beats) - stale))
+        workers.add_metric(["stale"], float(stale))
+        yield from (total, per_list, workers)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # collected only when scraped, never at registration
+
+
+_serving_queues: ServingQueues | None = None
+_serving_queues_lock = threading.Lock()
+
+
+def serving_queues_register() -> None:
+    """Add ServingQueues to this process's registry, once (the web tier's /metrics does it)."""
+    global _serving_queues
+    with _serving_queues_lock:
+        if _serving_queues is None:
+            _serving_queues = ServingQueues()
+            REGISTRY.register(_serving_queues)

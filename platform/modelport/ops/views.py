@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from modelport.accounts.services import api_key_authenticate, bearer_token
 from modelport.gateway.v2 import server_ready
+from modelport.ops import metrics as metrics_module
 from modelport.ops import selectors, services
 
 
@@ -60,7 +61,10 @@ async def metrics(request: HttpRequest) -> HttpResponse:
             return _unauthorized()
         if not user.is_staff:
             return _json(403, {"error": "metrics are for staff"})
-    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    # In a thread: the exposition reads the data plane's queue depths from Redis (ServingQueues).
+    metrics_module.serving_queues_register()
+    body = await sync_to_async(generate_latest, thread_sensitive=False)(REGISTRY)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
 def _unauthorized() -> HttpResponse:

@@ -96,7 +96,10 @@ class VersionSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ModelVersion.Status.choices)
     error = ErrorSerializer(allow_null=True)
     signature = SignatureSerializer(allow_null=True)
-    report = serializers.DictField(help_text="parity_max_abs_error, latency_ms_p50, peak_memory_mb, …")
+    report = serializers.DictField(help_text=(
+        "parity_max_abs_error (null for ONNX uploads), latency_ms_p50 (onnxruntime's own run time on a "
+        "generated sample, not an API call's), peak_memory_mb (peak resident memory the loaded model added in "
+        "the validator, MiB), parameter_count, opset, …"))
     disabled = serializers.BooleanField()
     created_at = serializers.DateTimeField()
     ready_at = serializers.DateTimeField(allow_null=True)
@@ -216,6 +219,11 @@ class VersionListView(APIView):
         if not hasattr(data, "get"):
             raise Problem(400, "send the version as multipart/form-data fields", errors={"format": ["required"]})
         artifact, source = files.get("artifact"), files.get("source")
+        for field, upload in (("artifact", artifact), ("source", source)):
+            if upload is None and data.get(field) not in (None, ""):
+                # The schema declares them files; a text field of that name is not one.
+                raise Problem(400, f"{field} must be sent as a file (a multipart file part), not as a text field",
+                              errors={field: ["expected a file"]})
         version = services.model_version_create(
             model=model,
             fmt=str(data.get("format", "")),

@@ -63,6 +63,7 @@ class ModelVersion(models.Model):
     upload_sha256 = models.CharField(max_length=64)
     upload_filename = models.CharField(max_length=255)
     source_sha256 = models.CharField(max_length=64, blank=True)
+    source_filename = models.CharField(max_length=255, blank=True, help_text="the uploaded source file's own name")
     entrypoint = models.CharField(max_length=200, blank=True)
     init_kwargs = models.JSONField(default=dict, blank=True)
     declared_inputs = models.JSONField(null=True, blank=True)

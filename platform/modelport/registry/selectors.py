@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
@@ -48,3 +51,70 @@ def version_get(*, model: Model, number: int) -> ModelVersion:
     if version is None:
         raise Problem(404, f"model {model.owner.username}/{model.name} has no version {number}")
     return version
+
+
+# Labels and explanations for a version's `report` keys, for people (the dashboard, the admin).
+# Keys not listed here are internal details; show them, if at all, under their raw name.
+REPORT_FIELDS: dict[str, tuple[str, str]] = {
+    "parity_max_abs_error": (
+        "Parity: largest difference from PyTorch",
+        "largest absolute difference between the converted model's outputs and PyTorch's on generated "
+        "inputs (empty for ONNX uploads: nothing was converted)",
+    ),
+    "parity_max_rel_error": (
+        "Parity: largest relative difference",
+        "the largest difference divided by the largest PyTorch output value, per output",
+    ),
+    "latency_ms_p50": (
+        "Run time in onnxruntime, median (ms)",
+        "onnxruntime's own time for one run on a generated sample, measured by the validator; a call "
+        "takes longer (network, queueing, batching and JSON are not in it)",
+    ),
+    "peak_memory_mb": (
+        "Peak memory of the loaded model (MB)",
+        "peak resident memory the onnxruntime session added while the validator loaded the model and ran "
+        "the samples (MiB)",
+    ),
+    "parameter_count": ("Parameters", "number of weight values (the model's initializers)"),
+    "opset": ("ONNX opset", "version of the standard ONNX operator set the model uses"),
+    "exporter": ("Exporter", "the PyTorch ONNX exporter whose result passed the parity check"),
+    "state_dict_prefix_stripped": (
+        "Key prefix removed from the weights",
+        "the weights' keys all began with this prefix (saved from nn.DataParallel), so it was removed "
+        "before loading",
+    ),
+    "external_data_bytes": (
+        "Weights stored beside the model (bytes)",
+        "the model is too large for one ONNX file; its tensors are stored in data files next to it",
+    ),
+    "conversion_peak_memory_mb": (
+        "Peak memory of the conversion (MB)",
+        "peak resident memory of the sandboxed conversion job (MiB)",
+    ),
+    "conversion_seconds": ("Conversion time (s)", "wall time of the conversion job inside the sandbox"),
+    "sandbox_wall_seconds": ("Sandbox time (s)", "wall time of the sandboxed job, including its start"),
+    "sandbox_peak_memory_mb": ("Sandbox peak memory (MB)", "peak memory of the sandbox's memory cgroup (MiB)"),
+    "isolation": ("Isolation", "how the conversion job was confined: namespaces, or none (development)"),
+    "torch_version": ("PyTorch version", "the PyTorch that loaded and exported the model"),
+    "sample_shapes": ("Sample input shapes", "shapes of the generated inputs the validator ran"),
+    "parity_input_shapes": ("Parity input shapes", "input shapes the parity check compared at"),
+    "export_attempts": ("Export attempts", "each exporter tried, and why it was not used"),
+}
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    key: str
+    label: str
+    help: str
+    value: Any
+
+
+def version_report_rows(*, report: dict[str, Any]) -> list[ReportRow]:
+    """The report's entries for people, in REPORT_FIELDS order, then any unlisted keys (labelled
+    by their key with underscores as spaces)."""
+    rows = [ReportRow(key, label, help_text, report[key]) for key, (label, help_text) in REPORT_FIELDS.items()
+            if key in report]
+    rows += [ReportRow(key, key.replace("_", " ").capitalize(), "", value)
+             for key, value in report.items() if key not in REPORT_FIELDS]
+    return rows

@@ -18,11 +18,7 @@ from django.utils import timezone
 from modelport.common.problems import Problem
 from modelport.registry.models import Model, ModelVersion
 from modelport.registry.storage import artifact_store
-from workers.signature import SUPPORTED_DTYPES
-
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
-MAX_TENSORS = 64
-MAX_RANK = 8
+from workers import upload_rules
 
 
 @dataclass(frozen=True)
@@ -65,32 +61,21 @@ def _parse_json_field(name: str, raw: str | None, kind: type) -> Any:
     return value
 
 
-def parse_tensor_specs(raw: str | None) -> list[dict[str, Any]] | None:
-    """Check `inputs` ([{"name","dtype","shape"}], null for dynamic axes) and normalise it."""
+def _rule_problem(exc: upload_rules.RuleError) -> Problem:
+    return Problem(400, exc.message, errors={exc.field: [exc.reason]})
+
+
+def parse_tensor_specs(raw: str | None, *, fmt: str = ModelVersion.Format.STATE_DICT) -> list[dict[str, Any]] | None:
+    """Check `inputs` ([{"name","dtype","shape","range"?}], null for dynamic axes) and normalise it,
+    by the converter's own rules (`workers.upload_rules`) for PyTorch formats."""
     specs = _parse_json_field("inputs", raw, list)
     if specs is None:
         return None
-    if not specs or len(specs) > MAX_TENSORS:
-        raise Problem(400, f"inputs must list 1 to {MAX_TENSORS} tensors", errors={"inputs": ["bad length"]})
-    seen: set[str] = set()
-    out = []
-    for i, spec in enumerate(specs):
-        where = f"inputs[{i}]"
-        if not isinstance(spec, dict) or set(spec) - {"name", "dtype", "shape", "range"}:
-            raise Problem(400, f"{where} must be an object with name, dtype and shape", errors={"inputs": [where]})
-        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
-        if not isinstance(name, str) or not name or name in seen:
-            raise Problem(400, f"{where}.name must be a unique non-empty string", errors={"inputs": [where]})
-        if dtype not in SUPPORTED_DTYPES:
-            raise Problem(400, f"{where}.dtype {dtype!r} is not one of {sorted(SUPPORTED_DTYPES)}",
-                          errors={"inputs": [where]})
-        if (not isinstance(shape, list) or len(shape) > MAX_RANK
-                or any(d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1) for d in shape)):
-            raise Problem(400, f"{where}.shape must be a list of positive ints or null (dynamic)",
-                          errors={"inputs": [where]})
-        seen.add(name)
-        out.append({k: spec[k] for k in ("name", "dtype", "shape", "range") if k in spec})
-    return out
+    dtypes = upload_rules.SERVABLE_DTYPES if fmt == ModelVersion.Format.ONNX else upload_rules.CONVERTIBLE_DTYPES
+    try:
+        return upload_rules.check_input_specs(specs, dtypes=dtypes)
+    except upload_rules.RuleError as exc:
+        raise _rule_problem(exc) from None
 
 
 def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, source: Upload | None,
@@ -111,22 +96,21 @@ def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, sou
                       errors={"runtime": [runtime]})
     if artifact is None:
         raise Problem(400, "artifact (the model file) is required", errors={"artifact": ["required"]})
-    inputs = parse_tensor_specs(inputs_raw)
+    inputs = parse_tensor_specs(inputs_raw, fmt=fmt)
     outputs = _parse_json_field("outputs", outputs_raw, list)
-    if outputs is not None and not all(isinstance(o, str) and o for o in outputs):
-        raise Problem(400, "outputs must be a JSON array of names", errors={"outputs": ["expected names"]})
     init_kwargs = _parse_json_field("init_kwargs", init_kwargs_raw, dict) or {}
-    if fmt == ModelVersion.Format.STATE_DICT:
-        if source is None:
-            raise Problem(400, "format state_dict needs the source file", errors={"source": ["required"]})
-        if not entrypoint:
-            raise Problem(400, "format state_dict needs an entrypoint", errors={"entrypoint": ["required"]})
-        if not artifact.name.lower().endswith(WEIGHT_SUFFIXES):
-            raise Problem(400, f"state_dict weights must be {', '.join(WEIGHT_SUFFIXES)}",
-                          errors={"artifact": ["unsupported file type"]})
-    if fmt == ModelVersion.Format.EXPORTED_PROGRAM and not artifact.name.lower().endswith(".pt2"):
-        raise Problem(400, "an exported program is the .pt2 file torch.export.save writes",
-                      errors={"artifact": ["unsupported file type"]})
+    try:
+        if outputs is not None:
+            outputs = upload_rules.check_output_names(outputs, input_names=[s["name"] for s in inputs or []])
+        if fmt == ModelVersion.Format.STATE_DICT:
+            if source is None:
+                raise upload_rules.RuleError("source", "format state_dict needs the source file", "required")
+            upload_rules.check_entrypoint(entrypoint)
+            upload_rules.check_weights_name(artifact.name)
+        if fmt == ModelVersion.Format.EXPORTED_PROGRAM:
+            upload_rules.check_program_name(artifact.name)
+    except upload_rules.RuleError as exc:
+        raise _rule_problem(exc) from None
     if fmt in (ModelVersion.Format.STATE_DICT, ModelVersion.Format.TORCHSCRIPT) and inputs is None:
         raise Problem(400, f"format {fmt} needs inputs (name, dtype, shape)", errors={"inputs": ["required"]})
     if fmt != ModelVersion.Format.STATE_DICT and source is not None:
@@ -140,7 +124,8 @@ def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, sou
         number = (model.versions.aggregate(n=Max("number"))["n"] or 0) + 1
         version = ModelVersion.objects.create(
             model=model, number=number, format=fmt, upload_sha256=upload_digest,
-            upload_filename=artifact.name[:255], source_sha256=source_digest, entrypoint=entrypoint,
+            upload_filename=artifact.name[:255], source_sha256=source_digest,
+            source_filename=source.name[-255:] if source is not None else "", entrypoint=entrypoint,
             init_kwargs=init_kwargs, declared_inputs=inputs, declared_outputs=outputs,
             requested_runtime=runtime,
         )

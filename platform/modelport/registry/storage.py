@@ -12,11 +12,13 @@ from typing import IO, Protocol
 from django.conf import settings
 
 CHUNK = 1024 * 1024
+DATA_SUFFIX = ".onnxdata"  # workers.external_data.DATA_SUFFIX
 
 
 class ArtifactStore(Protocol):
     def put(self, stream: IO[bytes]) -> str: ...
     def put_path(self, path: Path) -> str: ...
+    def put_model(self, model_path: Path, data_files: list[Path]) -> str: ...
     def path(self, digest: str) -> Path: ...
     def exists(self, digest: str) -> bool: ...
 
@@ -40,6 +42,35 @@ class LocalArtifactStore:
         return self.path(digest).is_file()
 
     def put(self, stream: IO[bytes]) -> str:
+        digest, tmp_name = self._receive(stream)
+        final = self.path(digest)
+        self._place(tmp_name, final)
+        return digest
+
+    def put_model(self, model_path: Path, data_files: list[Path]) -> str:
+        """Store an ONNX model and its external data files; the model's digest.
+
+        The data files go beside the model's file under their own names, which must be
+        `<sha256 of the file>.onnxdata` (`workers.external_data.content_address_external_data`
+        names them so and points the model at those names): onnxruntime resolves them relative
+        to the model's file, and two models never clash over a name. The data is stored first,
+        so a model in the store always has its data."""
+        hasher = hashlib.sha256()
+        with open(model_path, "rb") as stream:
+            while chunk := stream.read(CHUNK):
+                hasher.update(chunk)
+        folder = self.path(hasher.hexdigest()).parent
+        for data in data_files:
+            with open(data, "rb") as stream:
+                data_digest, tmp_name = self._receive(stream)
+            if data.name != data_digest + DATA_SUFFIX:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise ValueError(f"{data.name!r} is not named by its content ({data_digest}{DATA_SUFFIX})")
+            self._place(tmp_name, folder / data.name)
+        return self.put_path(model_path)
+
+    def _receive(self, stream: IO[bytes]) -> tuple[str, str]:
+        """Copy `stream` to a temp file in the store; (its sha256, the temp file's name)."""
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         hasher = hashlib.sha256()
@@ -49,15 +80,20 @@ class LocalArtifactStore:
                 while chunk := stream.read(CHUNK):
                     hasher.update(chunk)
                     out.write(chunk)
-            digest = hasher.hexdigest()
-            final = self.path(digest)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return hasher.hexdigest(), tmp_name
+
+    @staticmethod
+    def _place(tmp_name: str, final: Path) -> None:
+        try:
             final.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             os.chmod(tmp_name, 0o640)
             os.replace(tmp_name, final)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return digest
 
     def put_path(self, path: Path) -> str:
         with open(path, "rb") as stream:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +46,15 @@ def model_version_process(version_id: int) -> None:
                 _ready_on_torch(version, converted)
                 return
             onnx_path, report, conversion_log = converted.onnx_path, converted.report, converted.log
-        result = validate_in_subprocess(onnx_path, timeout_s=timeout)
+        data_files: list[Path] = []
+        if version.format != ModelVersion.Format.ONNX:
+            # A converted model over the external-data threshold keeps its tensors beside it;
+            # name them by content so they can be stored next to the model (uploads may not).
+            from workers.external_data import content_address_external_data
+
+            data_files = content_address_external_data(onnx_path)
+        result = validate_in_subprocess(onnx_path, timeout_s=timeout,
+                                        allow_external_data=version.format != ModelVersion.Format.ONNX)
         if not result.ok:
             services.version_fail(version_id=version_id, code=result.error_code or "invalid",
                                   message=result.error_message or "validation failed", log=conversion_log)
@@ -64,8 +71,10 @@ def model_version_process(version_id: int) -> None:
             if mismatch:
                 services.version_fail(version_id=version_id, code="signature_mismatch", message=mismatch)
                 return
-        digest = store.put_path(onnx_path)
+        digest = store.put_model(onnx_path, data_files)
         merged = {"parity_max_abs_error": None, **report, **result.report}
+        if data_files:
+            merged["external_data_bytes"] = sum(f.stat().st_size for f in data_files)
         services.version_transition(version_id=version_id, to=ModelVersion.Status.READY, artifact_sha256=digest,
                                     signature=signature, report=merged, log=conversion_log[-20000:], error=None)
 
@@ -107,6 +116,8 @@ def _convert(version: ModelVersion, work: Path) -> ConversionResult | None:
             init_kwargs=version.init_kwargs or {}, inputs=version.declared_inputs or [], work_dir=out_dir,
             allow_unsandboxed=settings.MODELPORT_ALLOW_UNSANDBOXED, output_names=version.declared_outputs or None,
             runtime=version.requested_runtime,
+            source_name=version.source_filename or None,
+            external_data_over_bytes=settings.MODELPORT_ONNX_EXTERNAL_DATA_OVER_BYTES,
             limits=SandboxLimits(wall_seconds=float(settings.MODELPORT_VALIDATION_TIMEOUT_S),
                                  cpu_seconds=settings.MODELPORT_VALIDATION_TIMEOUT_S),
         )
@@ -125,9 +136,7 @@ def _convert(version: ModelVersion, work: Path) -> ConversionResult | None:
                               message=result.error_message or "conversion failed", log=result.log,
                               report=result.report)
         return None
-    final = work / "converted.onnx"
-    shutil.move(str(result.onnx_path), final)
-    result.onnx_path = final
+    # model.onnx stays in out_dir, beside its external data files if it has any.
     return result
 
 

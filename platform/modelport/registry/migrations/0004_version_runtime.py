@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0002_version_max_queue'),
+        ('registry', '0003_version_source_filename'),
     ]
 
     operations = [
