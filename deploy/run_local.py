@@ -112,6 +112,8 @@ def main() -> int:
                                      "-n", "convert@%h", "--without-gossip", "--without-mingle"], env)
         sup.start("worker-serve", [*celery, "worker", "-P", "solo", "-Q", f"{prefix}.control", "--serve",
                                    "-n", "serve@%h", "--without-gossip", "--without-mingle"], env)
+        sup.start("worker-webhooks", [*celery, "worker", "-P", "threads", "-c", "4", "-Q", f"{prefix}.webhooks",
+                                      "-n", "webhooks@%h", "--without-gossip", "--without-mingle"], env)
         sup.start("beat", [*celery, "beat", "-s", str(VAR / "celerybeat-schedule")], env)
         url_host = "[::1]" if host == "::1" else host
         print(f"Dashboard: http://{url_host}:{port}/", flush=True)

@@ -34,6 +34,7 @@ def platform_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[stk
     stack.procs["web"] = web
     try:
         stack.start_worker("convert", serve=False, queues=[settings.CELERY_QUEUE_CONVERT])
+        stack.start_worker("webhooks", serve=False, queues=[settings.CELERY_QUEUE_WEBHOOKS])
         serve = stack.start_worker("serve", serve=True, queues=[settings.CELERY_QUEUE_CONTROL])
         stk.wait_http(f"{stack.base_url}/healthz", web)
         stack.wait_for_serving(serve)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,14 +75,18 @@ def test_push_onnx_predict_npy_status_and_models(cli, tmp_path: Path):
     assert np.max(np.abs(got - expected)) <= 1e-6
     assert f"y: float32 (5, 3) -> {out_dir / 'y.npy'}" in done.stdout
     assert "(cliuser/mlp version 2): succeeded" in done.stdout
-    charged = float(done.stdout.split("credits charged: ")[1].split()[0])
+    charged_text = done.stdout.split("credits charged: ")[1].split()[0]
+    assert re.fullmatch(r"\d{1,3}(,\d{3})*\.\d{6}", charged_text), charged_text  # as on the dashboard
+    charged = float(charged_text.replace(",", ""))
     assert charged > 0
 
     status = cli("status")
     assert status.returncode == 0, status.stderr
     lines = dict(line.split(":", 1) for line in status.stdout.splitlines())
     assert lines["account"].strip() == "cliuser"
-    assert float(lines["credits"]) == pytest.approx(50_000 - charged, abs=1e-6)
+    balance = lines["credits"].strip()
+    assert re.fullmatch(r"\d{1,3}(,\d{3})*\.\d{6}", balance), balance  # "49,999.999710", as on the dashboard
+    assert float(balance.replace(",", "")) == pytest.approx(50_000 - charged, abs=1e-6)
 
     models = cli("models")
     assert models.returncode == 0, models.stderr

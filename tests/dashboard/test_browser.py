@@ -121,11 +121,11 @@ def browser(live):
             chromium.close()
 
 
-def _create_model(page, monitor: PageMonitor, name: str, shot: str | None = None) -> None:
+def _create_model(page, monitor: PageMonitor, name: str, shot: str | None = None, owner: str = "dana") -> None:
     page.goto("/models/new/")
     page.fill("#id_name", name)
     page.click("button:text('Create model')")
-    page.wait_for_url(f"**/models/dana/{name}/upload/")
+    page.wait_for_url(f"**/models/{owner}/{name}/upload/")
     if shot:
         monitor.check(shot)
 
@@ -148,7 +148,7 @@ def test_dashboard_end_to_end(live, browser, tmp_path, request):
     page.fill("#id_password2", PASSWORD)
     page.click("button:text('Sign up')")
     page.wait_for_url(f"{base}/")
-    expect(page.locator(".messages")).to_contain_text("50,000 credits")
+    expect(page.locator(".messages")).to_contain_text("50,000.000000 credits")
     expect(page.locator(".nav-user")).to_contain_text("dana")
     monitor.check("models-empty")
 
@@ -229,8 +229,8 @@ def test_dashboard_end_to_end(live, browser, tmp_path, request):
     expect(signature.locator("tbody tr").nth(0)).to_contain_text("[?, 784]")
     expect(signature.locator("tbody tr").nth(1)).to_contain_text("[?, 10]")
     expect(page.locator(".report")).to_contain_text("n/a (ONNX upload")
-    expect(page.locator(".report")).to_contain_text("Latency p50 (ms)")
-    expect(page.locator("#snippet-curl")).to_contain_text(f"{base}/api/v1/models/dana/mlp/predictions")
+    expect(page.locator(".report")).to_contain_text("Runtime latency p50 (ms, the model alone")
+    expect(page.locator("#snippet-curl")).to_contain_text(f"{base}/api/v1/models/dana/mlp/versions/1/predictions")
     expect(page.locator("#snippet-python")).to_contain_text('np.zeros((1, 784), dtype="float32")')
     expect(page.locator("#snippet-tritonclient")).to_contain_text('httpclient.InferInput("x", [1, 784], "FP32")')
     expect(page.locator("#snippet-tritonclient")).to_contain_text('client.infer("dana/mlp"')
@@ -349,3 +349,235 @@ def test_dashboard_end_to_end(live, browser, tmp_path, request):
     page.click("main button:text('Log in')")
     page.wait_for_url(f"{base}/")
     expect(page.locator(".nav-user")).to_contain_text("dana")
+
+
+CREDITS_TEXT = re.compile(r"-?\d{1,3}(,\d{3})*\.\d{6}")
+
+
+def _credits(micro: int) -> str:
+    return f"{micro // 1_000_000:,}.{micro % 1_000_000:06d}"
+
+
+def _orm(fn):
+    """Run a database call off Playwright's thread (its event loop makes Django refuse ORM calls there)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def call():
+        try:
+            return fn()
+        finally:
+            connection.close()  # this thread's connection, so the test database can be dropped
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result(timeout=30)
+
+
+def _run_snippet(code: str, *, python: bool, cwd: Path, key: str, base: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MODELPORT_API_KEY": key,
+        "MODELPORT_URL": base,
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+    }
+    cmd = [sys.executable, "-c", code] if python else ["bash", "-euo", "pipefail", "-c", code]
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, (code, done.stdout, done.stderr)
+    return done.stdout
+
+
+def test_dashboard_defects_seen_in_a_browser(live, browser, tmp_path, request):
+    """Issue 17 item 7, each defect asserted in Chromium: keys (reload, 390 px), the favicon, a
+    double-submitted upload, the status panel in view, failed versions in the table, snippets
+    that call the version they are shown for (run as shown), one credits format, an invalid
+    date range, the model's edit form and the admin's labels and default version."""
+    from django.contrib.auth import get_user_model
+    from modelport.accounts.models import ApiKey
+    from modelport.registry.models import ModelVersion
+
+    page, monitor = browser
+    base = live.base_url
+    page.goto("/signup/")
+    page.fill("#id_username", "erin")
+    page.fill("#id_email", "erin@example.com")
+    page.fill("#id_password1", PASSWORD)
+    page.fill("#id_password2", PASSWORD)
+    page.click("button:text('Sign up')")
+    page.wait_for_url(f"{base}/")
+    expect(page.locator(".messages")).to_contain_text("50,000.000000 credits")
+
+    # --- keys: created once (POST → redirect → GET); a reload creates nothing; fits 390 px ------
+    page.goto("/keys/")
+    page.fill("#id_name", "a rather long key label for a small screen")
+    page.click("button:text('Create key')")
+    page.wait_for_url(f"{base}/keys/")
+    key = page.input_value("#new-key")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the keys page scrolls sideways"
+    monitor.check("keys-phone-390px")
+    page.reload()
+    expect(page.locator("#new-key")).to_have_count(0)
+    expect(page.locator("table.keys tbody tr")).to_have_count(1)
+    assert _orm(lambda: ApiKey.objects.filter(user__username="erin").count()) == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the keys list scrolls sideways"
+
+    # --- /favicon.ico: served, and Chromium decodes it as an image ------------------------------------
+    icon = page.request.get("/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/vnd.microsoft.icon"
+    size = page.evaluate(
+        "() => new Promise(ok => { const i = new Image(); i.onload = () => ok(i.naturalWidth); "
+        "i.onerror = () => ok(0); i.src = '/favicon.ico'; })"
+    )
+    assert size >= 16
+
+    # --- upload on a phone: the status panel comes into view; a double click makes one version ----
+    _create_model(page, monitor, "mlp", owner="erin")
+    posts: list[str] = []
+    page.on("request", lambda req: posts.append(req.url) if req.method == "POST" and "/versions" in req.url else None)
+    onnx = mlp_onnx(tmp_path / "mlp.onnx", sizes=(784, 64, 10), seed=7)
+    page.set_input_files("#id_artifact", str(onnx))
+    panel = "document.getElementById('upload-status-card').getBoundingClientRect()"
+    assert page.evaluate(f"{panel}.top") > 844, "the panel starts below the form on a phone"
+    page.dblclick("button:text('Upload')")
+    top, bottom = page.evaluate(f"[{panel}.top, {panel}.bottom]")
+    assert bottom > 0 and top < 844, f"the status panel is out of view while uploading ({top}, {bottom})"
+    expect(page.locator(".progress-text")).to_have_text("100%")
+    expect(page.locator("#upload-status [data-version-status]")).to_have_attribute(
+        "data-version-status", "ready", timeout=TIMEOUT_MS
+    )
+    submit = page.locator("#upload-form button[type=submit]")
+    expect(submit).to_be_disabled()
+    expect(submit).to_have_text("Uploaded")
+    page.evaluate("document.getElementById('upload-form').requestSubmit()")  # Enter in a field, say
+    page.wait_for_timeout(500)
+    assert len(posts) == 1, posts
+    assert _orm(lambda: ModelVersion.objects.filter(model__name="mlp", model__owner__username="erin").count()) == 1
+    monitor.check("upload-done-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # a second ready version (the default) and a failed third one
+    page.click("a.upload-another")
+    page.wait_for_url("**/models/erin/mlp/upload/")
+    page.set_input_files("#id_artifact", str(onnx))
+    page.click("button:text('Upload')")
+    expect(page.locator("#upload-status [data-version-status]")).to_have_attribute(
+        "data-version-status", "ready", timeout=TIMEOUT_MS
+    )
+    page.goto("/models/erin/mlp/upload/")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not an onnx graph")
+    page.set_input_files("#id_artifact", str(junk))
+    page.click("button:text('Upload')")
+    expect(page.locator("#upload-status [data-version-status]")).to_have_attribute(
+        "data-version-status", "failed", timeout=TIMEOUT_MS
+    )
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    request.addfinalizer(api.close)
+    error = api.get("/api/v1/models/erin/mlp/versions/3").json()["error"]
+    page.goto("/models/erin/mlp/")
+    row = page.locator('tr[data-version-row="3"]')
+    expect(row.locator(".row-error-code")).to_have_text(error["code"])
+    expect(row.locator(".row-error-message")).to_have_text(error["message"])
+    expect(page.locator('tr[data-version-row="2"] .badge.default')).to_have_text("default")
+    monitor.check("versions-with-failed")
+
+    # --- version 1's page: every snippet calls version 1 (not the default, v2), run as shown ------
+    page.goto("/models/erin/mlp/versions/1/")
+    expect(page.locator(".snippet figcaption")).to_have_count(5)
+    work = tmp_path / "snippets"
+    work.mkdir()
+    for lang, python in (("curl", False), ("python", True), ("cli", False), ("client", True), ("tritonclient", True)):
+        code = page.locator(f"#snippet-{lang}").text_content()
+        assert "erin/mlp" in code, (lang, code)
+        out = _run_snippet(code, python=python, cwd=work, key=key, base=base)
+        if lang == "client":
+            assert "(1, 10)" in out, out
+    assert (work / "y.npy").is_file()  # the CLI wrote the output named in the signature
+    calls = api.get("/api/v1/predictions").json()["results"]
+    assert [c["version"] for c in calls] == [1] * 5, calls
+    assert all(c["status"] == "succeeded" for c in calls)
+
+    # --- credits read alike: try-it charge, balance, usage rows -----------------------------------
+    page.click("button:text('Run prediction')")
+    charged = page.locator("#try-result .r-charged")
+    expect(charged).to_have_attribute("data-micro", re.compile(r"\d+"), timeout=30_000)
+    micro = int(charged.get_attribute("data-micro"))
+    expect(charged).to_have_text(_credits(micro))
+    page.goto("/billing/")
+    balance = page.locator("#balance")
+    assert balance.text_content() == _credits(int(balance.get_attribute("data-micro")))
+    assert int(balance.get_attribute("data-micro")) == api.get("/api/v1/account").json()["credits_micro"]
+    assert int(balance.get_attribute("data-micro")) > 1_000 * 1_000_000  # so the grouping shows
+    assert "," in balance.text_content()
+    cells = page.locator("table.usage tbody td.num:last-child").all_text_contents()
+    assert len(cells) == 6 and all(CREDITS_TEXT.fullmatch(c) for c in cells), cells
+
+    # --- an invalid date range lists nothing and says so --------------------------------------------
+    page.goto("/billing/?date_from=2026-02-01&date_to=2026-01-01")
+    expect(page.locator("table.usage")).to_have_count(0)
+    expect(page.locator("#invalid-filters")).to_contain_text("The date range is invalid")
+    expect(page.locator('[data-error-for="date_to"]')).to_contain_text("on or after the start date")
+    monitor.check("billing-invalid-range")
+
+    # --- description and visibility, edited on the model's page --------------------------------------
+    page.goto("/models/erin/mlp/")
+    page.click("details.model-edit > summary")
+    page.check("#model-edit-form input[name=visibility][value=public]")
+    page.fill("#model-edit-form textarea[name=description]", "Digits classifier, 784 inputs")
+    page.click("#model-edit-form button:text('Save')")
+    page.wait_for_url(f"{base}/models/erin/mlp/")
+    expect(page.locator(".model-title .badge")).to_have_text("public")
+    expect(page.locator(".page-head p.muted")).to_have_text("Digits classifier, 784 inputs")
+    model = api.get("/api/v1/models/erin/mlp").json()
+    assert (model["visibility"], model["description"]) == ("public", "Digits classifier, 784 inputs")
+    monitor.check("model-edited")
+
+    # --- the admin: plural labels, and the default version calls really go to ----------------------
+    # erin becomes staff (the web process hashes passwords its own way, so no second user here)
+    _orm(lambda: get_user_model().objects.filter(username="erin").update(is_staff=True, is_superuser=True))
+    page.goto("/admin/")
+    expect(page.locator("#content-main")).to_contain_text("Ledger entries")
+    expect(page.locator("#content-main")).to_contain_text("Webhook deliveries")
+    assert "entrys" not in page.content() and "deliverys" not in page.content()
+    page.goto("/admin/registry/model/")
+    expect(page.locator("td.field-effective_default").first).to_have_text("v2 (newest ready)")
+
+
+def test_swagger_ui_uploads_a_model_file(live, browser, tmp_path):
+    """Issue 17 item 8: the API reference can be used. Swagger UI (/api/docs/) shows a file
+    picker for the multipart `artifact` field and its Execute uploads a real version (202)."""
+    page, monitor = browser
+    base = live.base_url
+    page.goto("/signup/")
+    page.fill("#id_username", "sam")
+    page.fill("#id_email", "sam@example.com")
+    page.fill("#id_password1", PASSWORD)
+    page.fill("#id_password2", PASSWORD)
+    page.click("button:text('Sign up')")
+    page.wait_for_url(f"{base}/")
+    _create_model(page, monitor, "viaswagger", owner="sam")
+
+    page.goto("/api/docs/")
+    op = page.locator("#operations-models-version_create")
+    op.locator(".opblock-summary").click()
+    op.locator("button.try-out__btn").click()
+    op.locator('tr[data-param-name="owner"] input').fill("sam")
+    op.locator('tr[data-param-name="name"] input').fill("viaswagger")
+    artifact = op.locator('tr[data-property-name="artifact"] input[type=file]')
+    expect(artifact).to_have_count(1)  # format: binary → a file picker, not a text box
+    artifact.set_input_files(str(mlp_onnx(tmp_path / "m.onnx", sizes=(4, 8, 2), seed=3)))
+    op.locator('tr[data-property-name="format"] select').select_option("onnx")
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/versions")) as posted:
+        op.locator("button.execute").click()
+    assert posted.value.status == 202, posted.value.text()
+    assert posted.value.json()["version"] == 1
+    expect(op.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("202")
+    monitor.check("swagger-upload")
+    status = page.request.get("/api/v1/models/sam/viaswagger/versions/1").json()
+    assert status["format"] == "onnx" and status["status"] in ("queued", "validating", "ready")

@@ -81,7 +81,7 @@ def test_signup_creates_the_account_with_the_grant_and_logs_in(db, client):
     ]
     page = client.get("/billing/")
     assert page.status_code == 200
-    assert b'data-micro="50000000000">50000.000000<' in page.content
+    assert b'data-micro="50000000000">50,000.000000<' in page.content
 
 
 def test_signup_errors_are_shown_next_to_the_field(db, client):
@@ -129,13 +129,16 @@ def test_login_logout_and_password_reset(db, client):
 
 def test_key_is_shown_once_then_listed_by_prefix_and_revocable(alice, client):
     resp = client.post("/keys/", {"name": "ci"})
-    assert resp.status_code == 200
-    assert "no-store" in resp["Cache-Control"]
-    secret = resp.content.decode().split('id="new-key" class="mono" type="text" value="', 1)[1].split('"', 1)[0]
+    assert resp.status_code == 302 and resp["Location"] == "/keys/"  # POST → redirect → GET
+    shown = client.get("/keys/")
+    assert "no-store" in shown["Cache-Control"]
+    secret = shown.content.decode().split('id="new-key" class="mono" type="text" value="', 1)[1].split('"', 1)[0]
     key = ApiKey.objects.get(user=alice)
     assert key.key_hash == hash_key(secret) and key.name == "ci"
-    listing = client.get("/keys/").content.decode()
+    assert secret not in str(dict(client.session))  # the session held it only until it was shown
+    listing = client.get("/keys/").content.decode()  # a reload: the secret is gone, no second key
     assert secret not in listing and f"{key.prefix}…" in listing
+    assert ApiKey.objects.filter(user=alice).count() == 1
     resp = client.post(f"/keys/{key.prefix}/revoke/")
     assert resp.status_code == 302
     key.refresh_from_db()
@@ -249,6 +252,98 @@ def test_status_fragment_polls_until_terminal(alice, client):
     assert resp["HX-Refresh"] == "true"
 
 
+def test_report_fields_are_labelled_for_people(alice, client):
+    model = make_model(alice, "mlp")
+    model.versions.update(
+        report={
+            "parity_max_abs_error": None,
+            "latency_ms_p50": 0.5,
+            "peak_memory_mb": 1.5,
+            "opset": 17,
+            "sandbox_wall_seconds": 1.25,
+            "export_wall_ms": 3.0,
+            "sample_shapes": {"x": [1, 3]},
+        }
+    )
+    html = client.get("/models/alice/mlp/").content.decode()
+    report = html.split('<dl class="report">', 1)[1].split("</dl>", 1)[0]
+    labels = [part.split("</dt>", 1)[0] for part in report.split("<dt>")[1:]]
+    assert labels == [
+        "Parity: max abs error vs. the original",
+        "Runtime latency p50 (ms, the model alone, not a whole call)",
+        "Peak memory (MB)",
+        "ONNX opset",
+        "Sandbox wall time (s)",
+        "Export wall (ms)",
+    ]
+    assert all("_" not in label for label in labels)
+    values = [part.split("</dd>", 1)[0] for part in report.split("<dd>")[1:]]
+    assert values[3] == "17" and values[5] == "3.00"
+    model.versions.update(report={"parameter_count": 50890, "latency_ms_p50": 0.5})
+    report = client.get("/models/alice/mlp/").content.decode().split('<dl class="report">', 1)[1]
+    assert "<dt>Parameters</dt><dd>50,890</dd>" in report
+
+
+def test_failed_version_shows_its_error_code_and_message_in_the_versions_table(alice, client):
+    make_model(alice, "mlp", versions=("ready", "failed"))
+    html = client.get("/models/alice/mlp/").content.decode()
+    row = html.split('data-version-row="2"', 1)[1].split("</tr>", 1)[0]
+    assert '<code class="row-error-code">not_onnx</code>' in row
+    assert '<span class="row-error-message">the file is not an ONNX model</span>' in row
+    assert "row-error" not in html.split('data-version-row="1"', 1)[1].split("</tr>", 1)[0]
+
+
+def test_version_page_snippets_call_that_version_with_its_names(alice, client):
+    make_model(alice, "mlp", versions=("ready", "ready"))
+    html = client.get("/models/alice/mlp/versions/1/").content.decode()
+    assert "http://testserver/api/v1/models/alice/mlp/versions/1/predictions" in html
+    assert "modelport predict alice/mlp --version 1 -i x=@x.npy" in html
+    assert "# writes y.npy" in html
+    assert (
+        "client.predict(&quot;alice/mlp&quot;, {&quot;x&quot;: np.zeros((1, 3), dtype=&quot;float32&quot;)}, version=1)"
+        in html
+    )
+    assert "model_version=&quot;1&quot;" in html
+    assert 'data-api="/api/v1/models/alice/mlp/versions/1/predictions"' in html  # try it: the same version
+    assert "Calls go to version 1." in html
+    default_page = client.get("/models/alice/mlp/").content.decode()
+    assert "modelport predict alice/mlp -i x=@x.npy" in default_page and "--version" not in default_page
+    assert "Calls go to the default version (now v2)." in default_page
+
+
+def test_owner_edits_description_and_visibility_through_the_service(alice, client):
+    model = make_model(alice, "mlp")
+    page = client.get("/models/alice/mlp/").content.decode()
+    assert 'id="model-edit-form"' in page
+    resp = client.post("/models/alice/mlp/edit/", {"visibility": "public", "description": "digits, 28 by 28"})
+    assert resp.status_code == 302 and resp["Location"] == "/models/alice/mlp/"
+    model.refresh_from_db()
+    assert (model.visibility, model.description) == ("public", "digits, 28 by 28")
+    # bad input: refused, nothing changes
+    resp = client.post("/models/alice/mlp/edit/", {"visibility": "secret", "description": "x"}, follow=True)
+    assert "Select a valid choice" in resp.content.decode()
+    resp = client.post("/models/alice/mlp/edit/", {"visibility": "private", "description": "d" * 5001}, follow=True)
+    assert "at most 5000 characters" in resp.content.decode()
+    model.refresh_from_db()
+    assert (model.visibility, model.description) == ("public", "digits, 28 by 28")
+    # someone else: the same choke point as the API (403 on a public model, 404 on a private one)
+    other = user_create(username="bob", password=PASSWORD)
+    client.force_login(other)
+    assert 'id="model-edit-form"' not in client.get("/models/alice/mlp/").content.decode()
+    assert client.post("/models/alice/mlp/edit/", {"visibility": "private", "description": ""}).status_code == 403
+    make_model(alice, "hidden")
+    assert client.post("/models/alice/hidden/edit/", {"visibility": "public", "description": ""}).status_code == 404
+    model.refresh_from_db()
+    assert (model.visibility, model.description) == ("public", "digits, 28 by 28")
+    assert Model.objects.get(name="hidden").visibility == "private"
+
+
+def test_favicon_ico_is_served(db, client):
+    resp = client.get("/favicon.ico")
+    assert resp.status_code == 200 and resp["Content-Type"] == "image/vnd.microsoft.icon"
+    assert resp.content[:4] == b"\x00\x00\x01\x00"  # an ICO directory
+
+
 # --- billing ---------------------------------------------------------------------------------------
 
 
@@ -269,6 +364,14 @@ def test_usage_is_paginated_filtered_and_downloadable(alice, client):
     assert only_two.count("<tr data-prediction=") == 1 and "0.000005" in only_two
     today = timezone.now().date().isoformat()
     assert client.get(f"/billing/?date_from={today}").content.decode().count("<tr data-prediction=") == 20
+    # an invalid range (From after To) lists nothing and says so; its CSV is empty too
+    yesterday = (timezone.now().date() - timedelta(days=1)).isoformat()
+    invalid = client.get(f"/billing/?date_from={today}&date_to={yesterday}").content.decode()
+    assert invalid.count("<tr data-prediction=") == 0
+    assert "The date range is invalid; nothing is listed." in invalid
+    assert "must be on or after the start date" in invalid
+    csv_rows = client.get(f"/billing/usage.csv?date_from={today}&date_to={yesterday}").content.decode().splitlines()
+    assert len(csv_rows) == 1
 
     resp = client.get(f"/billing/usage.csv?model={v2.model_id}")
     assert resp["Content-Type"] == "text/csv; charset=utf-8"

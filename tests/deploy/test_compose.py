@@ -37,9 +37,10 @@ PROMETHEUS = REPO / "deploy" / "prometheus.yml"
 ENTRYPOINT = REPO / "deploy" / "entrypoint.sh"
 SETTINGS = REPO / "platform" / "modelport" / "config" / "settings.py"
 
-SERVICES = {"postgres", "redis", "migrate", "web", "worker-convert", "worker-cpu", "worker-gpu", "beat", "prometheus"}
-APP_SERVICES = {"migrate", "web", "worker-convert", "worker-cpu", "worker-gpu", "beat"}
-WORKERS = {"worker-convert", "worker-cpu", "worker-gpu"}
+SERVICES = {"postgres", "redis", "migrate", "web", "worker-convert", "worker-cpu", "worker-gpu", "worker-webhooks",
+            "beat", "prometheus"}
+APP_SERVICES = {"migrate", "web", "worker-convert", "worker-cpu", "worker-gpu", "worker-webhooks", "beat"}
+WORKERS = {"worker-convert", "worker-cpu", "worker-gpu", "worker-webhooks"}
 SERVE_WORKERS = {"worker-cpu", "worker-gpu"}
 # What an operator must at least provide; 50 characters passes settings' length check.
 BASE_ENV = {"SECRET_KEY": "k" * 50}
@@ -207,6 +208,7 @@ try:
     out["db"] = {k: db.get(k) for k in ("ENGINE", "HOST", "PORT", "NAME", "USER")}
     out["settings"] = {k: str(getattr(settings, k)) for k in (
         "REDIS_URL", "CELERY_BROKER_URL", "CELERY_QUEUE_CONVERT", "CELERY_QUEUE_CONTROL",
+        "CELERY_QUEUE_WEBHOOKS",
         "CELERY_TASK_DEFAULT_QUEUE", "MODELPORT_ARTIFACT_ROOT", "MODELPORT_REDIS_PREFIX", "DEBUG")}
     out["hosts"] = {h: validate_host(h, settings.ALLOWED_HOSTS) for h in spec["hosts"]}
     out["paths"] = {}
@@ -480,12 +482,14 @@ def test_worker_commands_match_the_celery_app_and_queues() -> None:
     help_text = results["help:celery-worker"]
     celery_module = option(argv_of(svc["worker-cpu"]), "-A")
     assert (REPO / "platform" / Path(*celery_module.split(".")) / "__init__.py").is_file()
-    expected_names = {"worker-convert": "convert@%h", "worker-cpu": "serve-cpu@%h", "worker-gpu": "serve-gpu@%h"}
+    expected_names = {"worker-convert": "convert@%h", "worker-cpu": "serve-cpu@%h", "worker-gpu": "serve-gpu@%h",
+                      "worker-webhooks": "webhooks@%h"}
     for name in WORKERS:
         argv = argv_of(svc[name])
         assert argv[:6] == ["python", "-m", "celery", "-A", celery_module, "worker"], name
         assert results[name]["has_celery_app"], f"{celery_module} has no celery_app"
-        assert option(argv, "-P", "--pool") == "solo", name
+        # Webhook deliveries wait on receivers (I/O, bounded per attempt): threads, not solo.
+        assert option(argv, "-P", "--pool") == ("threads" if name == "worker-webhooks" else "solo"), name
         assert option(argv, "-n", "--hostname") == expected_names[name]
         assert {"--without-gossip", "--without-mingle"} <= set(argv), name
         for flag in [t.split("=")[0] for t in argv[6:] if t.startswith("-")]:
@@ -494,12 +498,16 @@ def test_worker_commands_match_the_celery_app_and_queues() -> None:
         if name in SERVE_WORKERS:
             assert "--serve" in argv and "--serve" in results[name]["worker_user_options"], name
             assert queue_of_worker(argv) == [settings["CELERY_QUEUE_CONTROL"]], name
+        elif name == "worker-webhooks":
+            assert "--serve" not in argv
+            assert queue_of_worker(argv) == [settings["CELERY_QUEUE_WEBHOOKS"]], name
         else:
             assert "--serve" not in argv
             assert queue_of_worker(argv) == [settings["CELERY_QUEUE_CONVERT"]], name
     # With the default prefix the queues are the documented ones.
     assert queue_of_worker(argv_of(svc["worker-convert"])) == ["mp.convert"]
     assert queue_of_worker(argv_of(svc["worker-cpu"])) == ["mp.control"]
+    assert queue_of_worker(argv_of(svc["worker-webhooks"])) == ["mp.webhooks"]
 
 
 def test_queues_follow_the_redis_prefix() -> None:
@@ -509,6 +517,7 @@ def test_queues_follow_the_redis_prefix() -> None:
     assert queue_of_worker(argv_of(other["worker-convert"])) == [settings["CELERY_QUEUE_CONVERT"]]
     assert queue_of_worker(argv_of(other["worker-cpu"])) == [settings["CELERY_QUEUE_CONTROL"]]
     assert queue_of_worker(argv_of(other["worker-gpu"])) == [settings["CELERY_QUEUE_CONTROL"]]
+    assert queue_of_worker(argv_of(other["worker-webhooks"])) == [settings["CELERY_QUEUE_WEBHOOKS"]]
 
 
 def test_every_task_is_routed_to_a_queue_a_default_worker_consumes() -> None:
@@ -598,7 +607,7 @@ def test_prometheus_scrapes_web_metrics_and_worker_ports() -> None:
     web_jobs = [job for job in jobs.values() if f"web:{web_port}" in job["static_configs"][0]["targets"]]
     assert web_jobs and web_jobs[0].get("metrics_path", "/metrics") == "/metrics"
     assert probes()["web"]["hosts"]["web"], "ALLOWED_HOSTS refuses Prometheus' Host header (web)"
-    for name in WORKERS:
+    for name in WORKERS - {"worker-webhooks"}:  # no metrics endpoint: it serves no models
         assert f"{name}:9100" in targets, name
     for target in targets:
         assert target.split(":")[0] in svc, f"{target} is not a compose service"

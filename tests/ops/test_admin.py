@@ -55,7 +55,7 @@ def test_credit_grant_writes_a_ledger_entry_and_the_balance_follows(staff_client
     assert LogEntry.objects.filter(user=staff, object_id=str(alice.pk), change_message__contains="grant").exists()
     # The user page shows the balance and the new ledger line.
     page = staff_client.get(f"{USERS}{alice.pk}/change/").content.decode()
-    assert f"{(before + 12_500_000) // MICRO}.500000" in page and "conference demo" in page
+    assert f"{(before + 12_500_000) // MICRO:,}.500000" in page and "conference demo" in page
 
 
 def test_refund_to_two_users_and_a_refused_adjustment(staff_client):
@@ -285,3 +285,39 @@ def test_webhook_deliveries_listed_with_attempts_and_resent(staff_client, staff,
     assert (new.event, new.status, new.url) == ("completed", "pending", p.webhook)
     assert AuditEntry.objects.get(action="webhook.resend").details == {
         "delivery_id": delivery.pk, "new_delivery_id": new.pk, "event": "completed"}
+
+
+def test_model_list_shows_the_effective_default_and_plural_labels_read_right(staff_client, staff):
+    owner = make_staff("owner", staff=False)
+    model = Model.objects.create(owner=owner, name="mlp")
+    other = Model.objects.create(owner=owner, name="empty")
+    for number, status in ((1, "ready"), (2, "ready"), (3, "failed")):
+        ModelVersion.objects.create(model=model, number=number, format="onnx", status=status,
+                                    upload_sha256="0" * 64, upload_filename="m.onnx")
+    page = staff_client.get("/admin/registry/model/").content.decode()
+    row = page.split(f'/admin/registry/model/{model.pk}/change/', 1)[1].split("</tr>", 1)[0]
+    # no default set: calls go to the newest ready version
+    assert '<td class="field-effective_default">v2 (newest ready)</td>' in row
+    empty_row = page.split(f'/admin/registry/model/{other.pk}/change/', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="field-effective_default">—</td>' in empty_row
+    model.default_version = model.versions.get(number=1)
+    model.save(update_fields=["default_version"])
+    page = staff_client.get("/admin/registry/model/").content.decode()
+    row = page.split(f'/admin/registry/model/{model.pk}/change/', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="field-effective_default">v1</td>' in row
+    versions = staff_client.get(VERSIONS, {"model__owner__id__exact": str(owner.pk)}).content.decode()
+
+    def default_icon(label: str) -> str:
+        cell = versions.split(f">{label}</a>", 1)[1].split('<td class="field-is_default">', 1)[1]
+        return cell.split("</td>", 1)[0]
+
+    assert "icon-yes" in default_icon("owner/mlp v1")
+    assert "icon-no" in default_icon("owner/mlp v2") and "icon-no" in default_icon("owner/mlp v3")
+    model.default_version = None
+    model.save(update_fields=["default_version"])
+    versions = staff_client.get(VERSIONS, {"model__owner__id__exact": str(owner.pk)}).content.decode()
+    assert "icon-yes" in default_icon("owner/mlp v2")  # the newest ready one, though none is set
+    assert "icon-no" in default_icon("owner/mlp v1") and "icon-no" in default_icon("owner/mlp v3")
+    index = staff_client.get("/admin/").content.decode()
+    assert ">Ledger entries<" in index and ">Webhook deliveries<" in index
+    assert "entrys" not in index and "deliverys" not in index

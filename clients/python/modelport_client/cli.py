@@ -89,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def credits_text(micro: int) -> str:
+    """Credits as the dashboard and the admin show them: "49,999.999710" (six decimals, grouped)."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(int(micro)), 1_000_000)
+    return f"{sign}{whole:,}.{frac:06d}"
+
+
+def _credits_of(credits: dict[str, Any], name: str) -> str:
+    micro = credits.get(f"{name}_micro")
+    if isinstance(micro, int):
+        return credits_text(micro)
+    value = credits.get(name)
+    return credits_text(round(value * 1_000_000)) if isinstance(value, int | float) else str(value)
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -181,7 +196,7 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: TextIO, err: Text
         np.save(path, array, allow_pickle=False)
         print(f"  {name}: {array.dtype} {tuple(array.shape)} -> {path}", file=out)
     credits = result.credits
-    print(f"credits charged: {credits.get('charged')} (royalty {credits.get('royalty')})", file=out)
+    print(f"credits charged: {_credits_of(credits, 'charged')} (royalty {_credits_of(credits, 'royalty')})", file=out)
     return 0
 
 
@@ -189,7 +204,7 @@ def cmd_status(client: Client, args: argparse.Namespace, out: TextIO, err: TextI
     status = client.status()
     print(f"server:  {status['url']}", file=out)
     print(f"account: {status['username']}{' (staff)' if status.get('is_staff') else ''}", file=out)
-    print(f"credits: {status['credits']}", file=out)
+    print(f"credits: {_credits_of(status, 'credits')}", file=out)
     return 0
 
 

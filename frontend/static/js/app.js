@@ -21,6 +21,15 @@
     return "The request failed (HTTP " + status + ").";
   }
 
+  // Credits as every page shows them (billing/display.py): "50,000.000000".
+  function creditsText(micro) {
+    const sign = micro < 0 ? "-" : "";
+    const abs = Math.abs(micro);
+    const whole = Math.floor(abs / 1000000);
+    const frac = String(abs % 1000000).padStart(6, "0");
+    return sign + whole.toLocaleString("en-US") + "." + frac;
+  }
+
   async function readJson(response) {
     try {
       return await response.json();
@@ -140,11 +149,14 @@
   function initUpload(form) {
     const maxBytes = Number(form.dataset.maxBytes);
     const dtypes = form.dataset.dtypes.split(" ");
-    const progress = form.querySelector(".progress");
+    const progress = document.getElementById("upload-progress-box");
     const bar = progress.querySelector("progress");
     const barText = progress.querySelector(".progress-text");
     const submit = form.querySelector('button[type="submit"]');
     const statusBox = document.getElementById("upload-status");
+    const statusCard = document.getElementById("upload-status-card");
+    const another = form.querySelector(".upload-another");
+    let busy = false;  // an upload is running or has succeeded: a second submit would be a second version
 
     function format() {
       const checked = form.querySelector('input[name="format"]:checked');
@@ -249,6 +261,7 @@
 
     form.addEventListener("submit", function (event) {
       event.preventDefault();
+      if (busy) return;
       clearErrors(form);
       const errors = validate();
       const names = Object.keys(errors);
@@ -265,29 +278,37 @@
         if (e.lengthComputable) setProgress(e.loaded / e.total);
       });
       xhr.addEventListener("load", function () {
-        submit.disabled = false;
         let body = null;
         try { body = JSON.parse(xhr.responseText); } catch (_) { body = null; }
         if (xhr.status === 202 && body) {
+          // Done: the button stays disabled (a second click would upload a second version).
           setProgress(1);
           progress.querySelector("label").textContent = "Uploaded";
+          submit.textContent = "Uploaded";
+          another.hidden = false;
           followStatus(body.version);
           return;
         }
+        busy = false;
+        submit.disabled = false;
         progress.hidden = true;
         const fields = Object.keys((body && body.errors) || {}).filter(function (f) { return errorSlot(form, f); });
         showError(form, fields[0] || "__all__", problemText(body, xhr.status));
         focusFirstError(form);
       });
       xhr.addEventListener("error", function () {
+        busy = false;
         submit.disabled = false;
         progress.hidden = true;
         showError(form, "__all__", "The upload did not reach the server (network error). Try again.");
       });
+      busy = true;
       submit.disabled = true;
       progress.hidden = false;
       progress.querySelector("label").textContent = "Uploading";
       setProgress(0);
+      // The status panel is beside the form on a wide screen and below it on a phone: bring it into view.
+      statusCard.scrollIntoView({ block: "nearest" });
       xhr.send(formData());
     });
   }
@@ -361,7 +382,7 @@
         result.hidden = false;
         result.dataset.predictionId = body.id;
         result.querySelector(".r-status").textContent = body.status;
-        result.querySelector(".r-charged").textContent = body.credits.charged.toFixed(6);
+        result.querySelector(".r-charged").textContent = creditsText(body.credits.charged_micro);
         result.querySelector(".r-charged").dataset.micro = String(body.credits.charged_micro);
         const ms = body.metrics && body.metrics.total_ms;
         result.querySelector(".r-time").textContent = ms == null ? "—" : ms.toFixed(1) + " ms";

@@ -17,8 +17,8 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from modelport.accounts.models import ApiKey
+from modelport.billing.display import credits_display
 from modelport.billing.models import MICRO, LedgerEntry
-from modelport.billing.services import format_credits
 from modelport.ops import services as ops
 from modelport.ops.admin_base import AuditedAdminMixin, ReadOnlyAdminMixin
 
@@ -62,7 +62,7 @@ def grant_credits_view(modeladmin: admin.ModelAdmin, request: HttpRequest, query
                                                         reason=form.cleaned_data["reason"], actor=request.user)
                 (done if applied else refused).append(user.get_username())
             if done:
-                modeladmin.message_user(request, f"{kind} of {format_credits(amount)} credits applied to "
+                modeladmin.message_user(request, f"{kind} of {credits_display(amount)} credits applied to "
                                                  f"{', '.join(done)}.", messages.SUCCESS)
             if refused:
                 modeladmin.message_user(request, f"Refused (balance would go below zero): {', '.join(refused)}.",
@@ -101,7 +101,7 @@ class UserAdmin(AuditedAdminMixin, BaseUserAdmin):
     @admin.display(description="balance (credits)")
     def balance(self, obj: Any) -> str:
         account = getattr(obj, "credit_account", None)
-        return format_credits(account.balance) if account is not None else "—"
+        return credits_display(account.balance) if account is not None else "—"
 
     @admin.display(description=f"ledger (latest {RECENT_LEDGER})")
     def recent_ledger(self, obj: Any) -> str:
@@ -111,7 +111,7 @@ class UserAdmin(AuditedAdminMixin, BaseUserAdmin):
             return "—"
         rows = format_html_join(
             "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.kind, format_credits(e.amount),
+            ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.kind, credits_display(e.amount),
               e.prediction_id or "", e.memo, e.created_by or "") for e in entries),
         )
         full = reverse("admin:billing_ledgerentry_changelist") + f"?account__user__id__exact={obj.pk}"

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.contrib import admin
 
+from modelport.billing.display import credits_display
 from modelport.billing.models import CreditAccount, LedgerEntry, Price
-from modelport.billing.services import format_credits
 from modelport.ops.admin_base import AuditedAdminMixin, ReadOnlyAdminMixin, ReadOnlyInline
 
 
@@ -21,7 +21,7 @@ class LedgerInline(ReadOnlyInline):
 
     @admin.display(description="credits")
     def credits(self, obj: LedgerEntry) -> str:
-        return format_credits(obj.amount)
+        return credits_display(obj.amount)
 
 
 @admin.register(CreditAccount)
@@ -35,7 +35,7 @@ class CreditAccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="balance (credits)", ordering="balance")
     def credits(self, obj: CreditAccount) -> str:
-        return format_credits(obj.balance)
+        return credits_display(obj.balance)
 
 
 @admin.register(LedgerEntry)
@@ -50,7 +50,7 @@ class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="credits", ordering="amount")
     def credits(self, obj: LedgerEntry) -> str:
-        return format_credits(obj.amount)
+        return credits_display(obj.amount)
 
 
 @admin.register(Price)
@@ -61,11 +61,11 @@ class PriceAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="base (credits)")
     def base_credits(self, obj: Price) -> str:
-        return format_credits(obj.base_per_call)
+        return credits_display(obj.base_per_call)
 
     @admin.display(description="per second (credits)")
     def per_second_credits(self, obj: Price) -> str:
-        return format_credits(obj.per_second)
+        return credits_display(obj.per_second)
 
     def get_readonly_fields(self, request: Any, obj: Any = None) -> tuple[str, ...]:
         # The hardware class is the row's identity: a changed class would be a different row.

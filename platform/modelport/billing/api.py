@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelport.accounts.schema import responses
+from modelport.accounts.schema import DATE_OR_DATE_TIME, responses
 from modelport.billing import selectors
 from modelport.common.problems import Problem
 from modelport.common.when import parse_when
@@ -82,8 +82,8 @@ class UsageView(APIView):
         parameters=[
             OpenApiParameter("model", str, description="owner/name"),
             OpenApiParameter("key", str, description="API key prefix"),
-            OpenApiParameter("since", str, description=_WHEN_HELP),
-            OpenApiParameter("until", str, description=_WHEN_HELP),
+            OpenApiParameter("since", DATE_OR_DATE_TIME, description=_WHEN_HELP),
+            OpenApiParameter("until", DATE_OR_DATE_TIME, description=_WHEN_HELP),
             OpenApiParameter("format", str, enum=["csv"], description="csv: the same as `Accept: text/csv`"),
         ],
         responses=responses({(200, "application/json"): UsageSerializer, (200, "text/csv"): OpenApiTypes.STR}, 400),

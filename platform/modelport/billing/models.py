@@ -50,6 +50,7 @@ class LedgerEntry(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [models.Index(fields=["account", "created_at"])]
+        verbose_name_plural = "ledger entries"
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount / MICRO:+.6f}"

@@ -141,7 +141,12 @@ CELERY_TASK_DEFAULT_QUEUE = f"{MODELPORT_REDIS_PREFIX}.convert"
 # each other; inference itself does not travel through Celery at all (see gateway/dispatch.py).
 CELERY_QUEUE_CONVERT = f"{MODELPORT_REDIS_PREFIX}.convert"
 CELERY_QUEUE_CONTROL = f"{MODELPORT_REDIS_PREFIX}.control"
+# Webhook deliveries wait on other people's servers: they have a worker of their own, off the
+# serving workers (which consume control) and the conversion worker.
+CELERY_QUEUE_WEBHOOKS = f"{MODELPORT_REDIS_PREFIX}.webhooks"
 CELERY_TASK_ROUTES = {
+    # An exact name is matched before the patterns below.
+    "modelport.gateway.tasks.webhook_deliver": {"queue": CELERY_QUEUE_WEBHOOKS},
     "modelport.registry.tasks.*": {"queue": CELERY_QUEUE_CONVERT},
     "modelport.gateway.tasks.*": {"queue": CELERY_QUEUE_CONTROL},
     "modelport.billing.tasks.*": {"queue": CELERY_QUEUE_CONTROL},
@@ -177,6 +182,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MODELPORT_MAX_REQUEST_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
 
+# Per-account upload throttle (registry.services.upload_admit): versions queued, validating or
+# converting at once, and uploads per window (`limits` notation). Beyond either: 429.
+MODELPORT_UPLOAD_MAX_IN_PROGRESS = env_int("MODELPORT_UPLOAD_MAX_IN_PROGRESS", 3, minimum=1)
+MODELPORT_UPLOAD_RATE_LIMIT = env_str("MODELPORT_UPLOAD_RATE_LIMIT", "10/minute;100/hour")
 MODELPORT_SIGNUP_CREDITS = env_int("MODELPORT_SIGNUP_CREDITS", 50_000, minimum=0)
 # Default and maximum time a call may wait for a worker plus run, in seconds.
 MODELPORT_CALL_DEADLINE_S = env_float("MODELPORT_CALL_DEADLINE_S", 30.0, minimum=0.1)
@@ -197,6 +206,7 @@ if MODELPORT_WEBHOOK_ALLOW_PRIVATE and not DEVELOPMENT:
     raise ImproperlyConfigured("MODELPORT_WEBHOOK_ALLOW_PRIVATE=1 is refused with MODELPORT_ENV=production")
 MODELPORT_WEBHOOK_MAX_ATTEMPTS = env_int("MODELPORT_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
 MODELPORT_WEBHOOK_BACKOFF_S = env_float("MODELPORT_WEBHOOK_BACKOFF_S", 5.0, minimum=0.0)
+# Bounds a whole delivery attempt (resolve, connect, send, read at most 64 KiB of the reply).
 MODELPORT_WEBHOOK_TIMEOUT_S = env_float("MODELPORT_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
 # Outputs stay retrievable this long, so a failed webhook never loses a result.
 MODELPORT_OUTPUT_RETENTION_H = env_float("MODELPORT_OUTPUT_RETENTION_H", 168.0, minimum=0.0)
@@ -247,10 +257,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload PyTorch/ONNX models and call them as a metered API.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The native prediction-create endpoints are async views the generator cannot see.
+    # The native prediction-create endpoints and the V2 endpoints are async views the generator
+    # cannot see.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "modelport.accounts.schema.native_prediction_paths",
+        "modelport.accounts.schema.v2_paths",
     ],
     # Swagger UI and ReDoc from the installed sidecar package: nothing loads from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -16,6 +16,9 @@ os.environ.setdefault("MODELPORT_WEBHOOK_BACKOFF_S", "0.3")
 os.environ.setdefault("MODELPORT_WEBHOOK_MAX_ATTEMPTS", "3")
 os.environ.setdefault("MODELPORT_WEBHOOK_TIMEOUT_S", "2")
 os.environ.setdefault("MODELPORT_RATE_LIMIT", "1000/second")
+# Tests upload freely; tests/integration/test_upload_admission.py runs a web process with small limits.
+os.environ.setdefault("MODELPORT_UPLOAD_MAX_IN_PROGRESS", "100")
+os.environ.setdefault("MODELPORT_UPLOAD_RATE_LIMIT", "1000/minute")
 
 from modelport.config.settings import *  # noqa: F403
 

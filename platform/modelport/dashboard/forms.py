@@ -36,6 +36,17 @@ class ModelCreateForm(forms.Form):
     description = forms.CharField(required=False, max_length=5000, widget=forms.Textarea(attrs={"rows": 3}))
 
 
+class ModelEditForm(forms.Form):
+    """What the owner can change on the model's page (registry.services.model_update)."""
+
+    visibility = forms.ChoiceField(
+        choices=Model.Visibility.choices,
+        widget=forms.RadioSelect,
+        help_text="Public models can be called by every user (they pay for their calls).",
+    )
+    description = forms.CharField(required=False, max_length=5000, widget=forms.Textarea(attrs={"rows": 3}))
+
+
 class VersionUploadForm(forms.Form):
     """The fields of `POST /api/v1/models/{owner}/{name}/versions`. With JavaScript the browser
     posts them to that endpoint itself (with a progress bar); without, this form does."""

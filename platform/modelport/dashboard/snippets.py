@@ -66,11 +66,21 @@ def python_zeros_expr(shape: list[int], dtype: str) -> str:
 
 
 def snippets(
-    *, base_url: str, model: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]
+    *,
+    base_url: str,
+    model: str,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    version: int | None = None,
 ) -> dict[str, str]:
-    """curl, Python (requests) and tritonclient examples for `model` ("owner/name")."""
+    """Examples calling `model` ("owner/name"), with the version's own input and output names:
+    curl, Python (requests), the project's CLI (`modelport predict`), its Python client
+    (`modelport_client`) and tritonclient. With `version` every snippet calls that version; without,
+    the model's default version."""
     host = base_url.split("://", 1)[-1].rstrip("/")
-    api = f"{base_url.rstrip('/')}/api/v1/models/{model}/predictions"
+    server = base_url.rstrip("/")
+    path = f"/api/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
+    api = f"{server}{path}/predictions"
     body_py = ", ".join(f'"{s["name"]}": {python_zeros_expr(example_shape(s["shape"]), s["dtype"])}' for s in inputs)
     total = sum(element_count(example_shape(s["shape"])) for s in inputs)
     if total <= 16:
@@ -85,15 +95,33 @@ def snippets(
             f'curl -s {api} \\\n  -H "Authorization: Bearer $MODELPORT_API_KEY" \\\n'
             f'  -H "Content-Type: application/json" -H "Prefer: wait" \\\n  -d @input.json'
         )
-    np_inputs = ", ".join(
-        f'"{s["name"]}": np.zeros({tuple(example_shape(s["shape"]))}, dtype="{s["dtype"]}").tolist()' for s in inputs
-    )
+    np_arrays = {s["name"]: f'np.zeros({tuple(example_shape(s["shape"]))}, dtype="{s["dtype"]}")' for s in inputs}
+    np_inputs = ", ".join(f'"{name}": {expr}.tolist()' for name, expr in np_arrays.items())
     python = (
         "import os\n\nimport numpy as np\nimport requests\n\n"
         f'resp = requests.post(\n    "{api}",\n'
         '    headers={"Authorization": f"Bearer {os.environ[\'MODELPORT_API_KEY\']}", "Prefer": "wait"},\n'
         f'    json={{"input": {{{np_inputs}}}}},\n    timeout=60,\n)\nresp.raise_for_status()\n'
         'prediction = resp.json()\nprint(prediction["output"], prediction["credits"]["charged"])'
+    )
+    version_arg = f" --version {version}" if version is not None else ""
+    saves = "; ".join(f'np.save("{name}.npy", {expr})' for name, expr in np_arrays.items())
+    cli = (
+        f"export MODELPORT_URL={server}\n"
+        f"python3 -c 'import numpy as np; {saves}'\n"
+        f"modelport predict {model}{version_arg} "
+        + " ".join(f"-i {s['name']}=@{s['name']}.npy" for s in inputs)
+        + "\n# writes "
+        + ", ".join(f"{o['name']}.npy" for o in outputs)
+    )
+    client_inputs = ", ".join(f'"{name}": {expr}' for name, expr in np_arrays.items())
+    client_version = f", version={version}" if version is not None else ""
+    client = (
+        "import numpy as np\nfrom modelport_client import Client\n\n"
+        f'with Client("{server}") as client:  # the key from $MODELPORT_API_KEY\n'
+        f'    result = client.predict("{model}", {{{client_inputs}}}{client_version})\n'
+        + "".join(f'    print(result["{o["name"]}"].shape)\n' for o in outputs)
+        + '    print(result.credits["charged"])'
     )
     triton_lines = [
         "import os\n\nimport numpy as np\nimport tritonclient.http as httpclient\n",
@@ -110,6 +138,13 @@ def snippets(
             f"{var}.set_data_from_numpy(np.zeros({tuple(shape)}, dtype=np.{np_dtype}))",
             f"inputs.append({var})",
         ]
-    triton_lines.append(f'result = client.infer("{model}", inputs, headers=headers)')
+    version_kw = f', model_version="{version}"' if version is not None else ""
+    triton_lines.append(f'result = client.infer("{model}", inputs{version_kw}, headers=headers)')
     triton_lines += [f'print(result.as_numpy("{o["name"]}"))' for o in outputs]
-    return {"curl": curl, "python": python, "tritonclient": "\n".join(triton_lines)}
+    return {
+        "curl": curl,
+        "python": python,
+        "cli": cli,
+        "client": client,
+        "tritonclient": "\n".join(triton_lines),
+    }

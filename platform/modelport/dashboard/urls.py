@@ -8,6 +8,8 @@ M = "models/<str:owner>/<str:name>"
 urlpatterns = [
     path("", views.home, name="home"),
     path("static/<path:path>", views.static_file, name="static"),
+    # Browsers and crawlers ask for /favicon.ico whatever the page links: the same icon, as .ico.
+    path("favicon.ico", views.static_file, {"path": "img/favicon.ico"}, name="favicon"),
     # Accounts
     path("signup/", views.signup, name="signup"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
@@ -25,6 +27,7 @@ urlpatterns = [
     path(M + "/versions/<int:number>/status/", views.version_status, name="version_status"),
     path(M + "/upload/", views.version_upload, name="version_upload"),
     path(M + "/default/", views.model_default, name="model_default"),
+    path(M + "/edit/", views.model_edit, name="model_edit"),
     # Keys and billing
     path("keys/", views.keys, name="keys"),
     path("keys/<str:prefix>/revoke/", views.key_revoke, name="key_revoke"),

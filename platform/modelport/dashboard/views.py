@@ -35,6 +35,7 @@ from django.views.static import was_modified_since
 
 from modelport.accounts.models import ApiKey
 from modelport.accounts.services import api_key_issue, api_key_revoke, user_create
+from modelport.billing.display import credits_display
 from modelport.billing.models import MICRO
 from modelport.billing.services import account_for, format_credits
 from modelport.common.problems import Problem
@@ -42,28 +43,25 @@ from modelport.dashboard import charts, selectors
 from modelport.dashboard.forms import (
     KeyCreateForm,
     ModelCreateForm,
+    ModelEditForm,
     SignupForm,
     UsageFilterForm,
     VersionUploadForm,
 )
 from modelport.dashboard.snippets import example_json, example_shape, snippets
 from modelport.dashboard.templatetags.dashboard import report_value
+from modelport.gateway.models import Prediction
 from modelport.registry import selectors as registry
 from modelport.registry import services as registry_services
 from modelport.registry.api import UploadLimitHandler
 from modelport.registry.models import Model, ModelVersion
-from workers.signature import SUPPORTED_DTYPES
+from modelport.registry.selectors import REPORT_FIELDS
+from workers.upload_rules import CONVERTIBLE_DTYPES
 
 TERMINAL_VERSION = (ModelVersion.Status.READY, ModelVersion.Status.FAILED)
 USAGE_PAGE_SIZE = 20
 CHART_DAYS = 14
 CSV_MAX_ROWS = 100_000
-REPORT_LABELS = {
-    "parity_max_abs_error": "Parity: max abs error vs. the original",
-    "latency_ms_p50": "Latency p50 (ms)",
-    "latency_ms_p99": "Latency p99 (ms)",
-    "peak_memory_mb": "Peak memory (MB)",
-}
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -146,7 +144,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             messages.success(
                 request,
                 f"Welcome, {user.get_username()}! Your account starts with "
-                f"{settings.MODELPORT_SIGNUP_CREDITS:,} credits.",
+                f"{credits_display(settings.MODELPORT_SIGNUP_CREDITS * MICRO)} credits.",
             )
             return redirect("home")
     return render(request, "registration/signup.html", {"form": form})
@@ -192,13 +190,23 @@ def _report_rows(report: dict[str, Any], fmt: str) -> list[tuple[str, str]]:
     shown = {key: report_value(value) for key, value in report.items()}
     if fmt == ModelVersion.Format.ONNX and report.get("parity_max_abs_error") is None:
         shown["parity_max_abs_error"] = "n/a (ONNX upload: nothing was converted)"
-    rows = [(label, shown[key]) for key, label in REPORT_LABELS.items() if key in shown]
-    rows += [
-        (key, report_value(value))
-        for key, value in sorted(report.items())
-        if key not in REPORT_LABELS and isinstance(value, int | float | str | None)
-    ]
+    # One mapping of labels (registry.selectors.REPORT_FIELDS), the contract's keys first; other
+    # scalar keys in words, so a new field never reaches the page raw.
+    # scalar keys in words, so a new field never reaches the page raw. Lists and mappings (shapes,
+    # export attempts) stay in the API's report.
+    scalar = {key for key in shown if isinstance(report.get(key), int | float | str | None)}
+    rows = [(label, shown[key]) for key, (label, _) in REPORT_FIELDS.items() if key in scalar]
+    rows += [(_report_label(key), shown[key]) for key in sorted(scalar - set(REPORT_FIELDS))]
     return rows
+
+
+def _report_label(key: str) -> str:
+    """A report key not in REPORT_FIELDS, in words: "export_wall_ms" → "Export wall (ms)"."""
+    words = key.split("_")
+    unit = {"ms": "ms", "mb": "MB", "seconds": "s", "s": "s"}.get(words[-1]) if len(words) > 1 else None
+    words = words[:-1] if unit else words
+    text = " ".join(words).strip().capitalize() or key
+    return f"{text} ({unit})" if unit else text
 
 
 @require_safe
@@ -221,6 +229,9 @@ def model_detail(request: HttpRequest, owner: str, name: str, number: int | None
         "selected": selected,
         "full_name": f"{model.owner.get_username()}/{model.name}",
         "selected_terminal": selected is not None and selected.status in TERMINAL_VERSION,
+        "edit_form": ModelEditForm(initial={"visibility": model.visibility, "description": model.description})
+        if is_owner
+        else None,
     }
     if selected is not None and selected.status == ModelVersion.Status.READY and selected.signature:
         signature = selected.signature
@@ -233,13 +244,16 @@ def model_detail(request: HttpRequest, owner: str, name: str, number: int | None
                 for spec in signature.get("inputs", [])
             ],
             predict_url=f"{api_base}/predictions"
-            if selected == default
+            if selected == default and number is None
             else f"{api_base}/versions/{selected.number}/predictions",
+            # A version's own page calls that version; the model's page calls its default.
+            snippet_version=selected.number if number is not None else None,
             snippets=snippets(
                 base_url=request.build_absolute_uri("/"),
                 model=context["full_name"],
                 inputs=signature.get("inputs", []),
                 outputs=signature.get("outputs", []),
+                version=selected.number if number is not None else None,
             ),
         )
     return render(request, "dashboard/model_detail.html", context)
@@ -281,7 +295,7 @@ def _upload_context(request: HttpRequest, model: Model, form: VersionUploadForm)
         ),
         "max_bytes": settings.MODELPORT_MAX_UPLOAD_BYTES,
         "max_mb": settings.MODELPORT_MAX_UPLOAD_BYTES // (1024 * 1024),
-        "dtypes": " ".join(sorted(SUPPORTED_DTYPES)),
+        "dtypes": " ".join(sorted(CONVERTIBLE_DTYPES)),  # the PyTorch formats' rule (workers.upload_rules)
     }
 
 
@@ -338,6 +352,27 @@ def _version_upload_post(request: HttpRequest, model: Model) -> HttpResponse:
 
 @require_POST
 @login_required
+def model_edit(request: HttpRequest, owner: str, name: str) -> HttpResponse:
+    """Change the model's visibility and description: the same choke point (write access) and
+    service as the API's PATCH; bad input is shown on the model's page and changes nothing."""
+    model = _writable_model(request, owner, name)
+    form = ModelEditForm(request.POST)
+    if form.is_valid():
+        try:
+            registry_services.model_update(
+                model=model, visibility=form.cleaned_data["visibility"], description=form.cleaned_data["description"]
+            )
+        except Problem as problem:
+            messages.error(request, problem.detail)
+        else:
+            messages.success(request, f"Saved: {model} is {model.visibility}.")
+    else:
+        messages.error(request, " ".join(f"{form.fields[f].label or f}: {' '.join(e)}" for f, e in form.errors.items()))
+    return redirect("model_detail", owner=owner, name=name)
+
+
+@require_POST
+@login_required
 def model_default(request: HttpRequest, owner: str, name: str) -> HttpResponse:
     """Set the default version (no-JavaScript fallback of the API's PATCH)."""
     model = _writable_model(request, owner, name)
@@ -356,17 +391,25 @@ def model_default(request: HttpRequest, owner: str, name: str) -> HttpResponse:
 # --- API keys -----------------------------------------------------------------------------------
 
 
+ISSUED_KEY_SESSION = "dashboard_issued_key"
+
+
 @never_cache
 @login_required
 def keys(request: HttpRequest) -> HttpResponse:
-    """List and create keys. A new key's secret is in this one response only (never stored)."""
+    """List and create keys (POST → redirect → GET, so a reload creates nothing).
+
+    A new key's secret waits in the session between the POST and the GET that shows it, and is
+    removed from it there: it is shown once, and only its hash stays stored."""
     form = KeyCreateForm(request.POST or None)
-    issued = None
     if request.method == "POST" and form.is_valid():
         issued = api_key_issue(user=request.user, name=form.cleaned_data["name"])
-        form = KeyCreateForm()
+        request.session[ISSUED_KEY_SESSION] = {"name": issued.api_key.name, "secret": issued.secret}
+        return redirect("keys")
+    issued = request.session.pop(ISSUED_KEY_SESSION, None) if request.method == "GET" else None
     api_keys = ApiKey.objects.filter(user=request.user).order_by("revoked_at", "-created_at")
-    return render(request, "dashboard/keys.html", {"form": form, "issued": issued, "api_keys": api_keys})
+    status = 400 if request.method == "POST" else 200
+    return render(request, "dashboard/keys.html", {"form": form, "issued": issued, "api_keys": api_keys}, status=status)
 
 
 @require_POST
@@ -383,11 +426,13 @@ def key_revoke(request: HttpRequest, prefix: str) -> HttpResponse:
 # --- billing ------------------------------------------------------------------------------------
 
 
-def _usage_filters(request: HttpRequest) -> tuple[UsageFilterForm, dict[str, Any]]:
+def _usage_filters(request: HttpRequest) -> tuple[UsageFilterForm, dict[str, Any] | None]:
     models = selectors.usage_models(user=request.user)
     form = UsageFilterForm(request.GET or None, model_choices=[(str(m.pk), str(m)) for m in models])
-    filters: dict[str, Any] = {}
-    if form.is_bound and form.is_valid():
+    filters: dict[str, Any] | None = {}
+    if form.is_bound and not form.is_valid():
+        filters = None  # an invalid filter (e.g. From after To) matches nothing, never everything
+    elif form.is_bound:
         data = form.cleaned_data
         filters = {
             "model_id": int(data["model"]) if data.get("model") else None,
@@ -397,14 +442,18 @@ def _usage_filters(request: HttpRequest) -> tuple[UsageFilterForm, dict[str, Any
     return form, filters
 
 
+def _usage_rows(request: HttpRequest, filters: dict[str, Any] | None) -> Any:
+    if filters is None:
+        return Prediction.objects.none()
+    return selectors.usage_predictions(user=request.user, **filters)
+
+
 @login_required
 @require_safe
 def billing(request: HttpRequest) -> HttpResponse:
     account = account_for(user=request.user)
     form, filters = _usage_filters(request)
-    page = Paginator(selectors.usage_predictions(user=request.user, **filters), USAGE_PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    page = Paginator(_usage_rows(request, filters), USAGE_PAGE_SIZE).get_page(request.GET.get("page"))
     params = {k: v for k, v in request.GET.items() if k != "page" and v}
     daily = selectors.usage_daily(user=request.user, days=CHART_DAYS)
     latency = selectors.latency_by_model(user=request.user, days=30)
@@ -418,6 +467,7 @@ def billing(request: HttpRequest) -> HttpResponse:
         {
             "balance": account.balance,
             "form": form,
+            "invalid_filters": filters is None,
             "page": page,
             "query": urlencode(params),
             "calls_chart": charts.bar_chart(
@@ -463,7 +513,7 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
             "royalty",
         ]
     )
-    for p in selectors.usage_predictions(user=request.user, **filters)[:CSV_MAX_ROWS]:
+    for p in _usage_rows(request, filters)[:CSV_MAX_ROWS]:
         metrics = p.metrics or {}
         model = p.version.model
         writer.writerow(

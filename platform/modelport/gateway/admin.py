@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from modelport.billing.services import format_credits
+from modelport.billing.display import credits_display
 from modelport.common.problems import Problem
 from modelport.gateway.models import Prediction, WebhookAttempt, WebhookDelivery
 from modelport.ops import services as ops
@@ -40,7 +40,7 @@ class PredictionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="charged (credits)", ordering="charged")
     def charged_credits(self, obj: Prediction) -> str:
-        return format_credits(obj.charged)
+        return credits_display(obj.charged)
 
     @admin.display(description="quote")
     def quote_pretty(self, obj: Prediction) -> str:

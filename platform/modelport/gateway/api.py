@@ -18,7 +18,6 @@ from django.core.exceptions import SynchronousOnlyOperation
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,6 +27,7 @@ from modelport.accounts.models import ApiKey
 from modelport.accounts.services import api_key_authenticate, bearer_token
 from modelport.common.logging import current_request_id
 from modelport.common.problems import Problem, problem_response
+from modelport.common.when import parse_when
 from modelport.gateway import authcache, dispatch, fastsql, ratelimit, services, webhooks
 from modelport.gateway.leanredis import LeanRedis
 from modelport.gateway.models import Prediction
@@ -434,13 +434,7 @@ class PredictionListView(APIView):
         qs = Prediction.objects.select_related("version__model__owner").filter(user=request.user)
         cursor = request.query_params.get("cursor")
         if cursor:
-            try:
-                when = parse_datetime(cursor)
-            except ValueError:
-                when = None
-            if when is None or when.tzinfo is None:
-                raise Problem(400, "cursor must be the `next` value of a previous page", errors={"cursor": [cursor]})
-            qs = qs.filter(created_at__lt=when)
+            qs = qs.filter(created_at__lt=parse_when(cursor, name="cursor", allow_date=False))
         page = list(qs.order_by("-created_at")[:50])
         next_cursor = page[-1].created_at.isoformat() if len(page) == 50 else None
         return Response({"results": [services.prediction_data(p) for p in page], "next": next_cursor})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import lru_cache
 from typing import Any
@@ -14,6 +15,8 @@ from limits.strategies import FixedWindowRateLimiter
 
 from modelport.accounts.models import ApiKey
 from modelport.common.problems import Problem
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +48,26 @@ def rate_limit_hit(*, api_key: ApiKey) -> None:
             raise Problem(503, f"the serving queue is unavailable: {exc}") from None
         if not allowed:
             raise _refuse(item, api_key)
+
+
+def rate_limit_account_hit(*, action: str, account_id: int, spec: str) -> None:
+    """Count one `action` (e.g. "upload") of account `account_id` against `spec` (the `limits`
+    notation, "10/minute;100/hour"). Raises Problem 429 with Retry-After when a window is
+    exhausted. While Redis does not answer nothing is counted and nothing refused here: the
+    action itself needs Redis (the upload's queue) and refuses with 503 if it is still down."""
+    limiter = _limiter()
+    identity = f"{action}:{account_id}"
+    for item in _items(spec):
+        try:
+            allowed = limiter.hit(item, identity)
+            reset = None if allowed else limiter.get_window_stats(item, identity).reset_time
+        except redis.RedisError as exc:
+            log.warning("%s rate limit not applied, Redis did not answer: %s", action, exc)
+            return
+        if reset is not None:
+            retry = max(1, int(reset - time.time() + 0.999))
+            raise Problem(429, f"{action} rate limit {item} exceeded for this account",
+                          headers={"Retry-After": str(retry)})
 
 
 def rate_limit_queue(pipe: Any, *, key_id: int, spec: str | None) -> list[RateLimitItem]:

@@ -4,15 +4,18 @@ Signature (CONTRACT §4): headers `webhook-id`, `webhook-timestamp`, `webhook-si
 `v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`, where the key is the base64 part
 of the account's `whsec_…` secret.
 
-Targets must resolve to public addresses (no loopback, private, link-local, metadata, multicast
-or reserved ranges) unless MODELPORT_WEBHOOK_ALLOW_PRIVATE is set (development only). The name
-is resolved once per attempt and the request goes to that address (Host/SNI keep the name), so
-a DNS answer cannot change between the check and the connection. Redirects are never followed:
-a 3xx is a failed attempt.
+Targets must resolve to public addresses (`is_global`: no loopback, private, link-local,
+shared, metadata, multicast or reserved ranges, nor an IPv6 address embedding such an IPv4
+address: IPv4-mapped, IPv4-compatible, 6to4, Teredo, NAT64) unless
+MODELPORT_WEBHOOK_ALLOW_PRIVATE is set (development only). The name is resolved once per
+attempt and the request goes to that address (Host/SNI keep the name), so a DNS answer cannot
+change between the check and the connection. Redirects are never followed: a 3xx is a failed
+attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,6 +23,7 @@ import ipaddress
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,6 +40,10 @@ from modelport.gateway.models import Prediction, WebhookAttempt, WebhookDelivery
 
 EVENTS = ("start", "completed")
 EXCERPT = 500
+# Of a receiver's reply only this much is read (then the connection is closed): enough for the
+# excerpt, and a reply of any size costs the delivering worker no more memory than this.
+RESPONSE_READ_LIMIT = 64 * 1024
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mp-webhook-dns")
 
 
 class WebhookTargetError(ValueError):
@@ -59,12 +67,34 @@ def sign(*, secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200"})
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and may be routed to: IPv4-mapped
+    (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), 6to4 (2002:AABB:CCDD::/48), Teredo
+    (2001:0::/32, server and de-obfuscated client) and NAT64 (64:ff9b::/96)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in NAT64 or int(ip) >> 32 == 0:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified or str(ip) in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
-            or (isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10")))
+    """True unless `ip` and every IPv4 address embedded in it are globally routable unicast
+    addresses (`is_global`, and not multicast, reserved or a cloud metadata address)."""
+    if (not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback
+            or ip.is_link_local or str(ip) in METADATA_ADDRESSES
+            or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)):
+        return True
+    return isinstance(ip, ipaddress.IPv6Address) and any(_forbidden(v4) for v4 in _embedded_ipv4(ip))
 
 
 def resolve_target(url: str) -> Target:
@@ -133,6 +163,34 @@ def backoff_s(attempt: int) -> float:
     return float(settings.MODELPORT_WEBHOOK_BACKOFF_S) * (2 ** (attempt - 1))
 
 
+async def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, str | None, bytes]:
+    """POST `body` to `url`: (status, Location, the first RESPONSE_READ_LIMIT bytes of the reply).
+
+    `timeout` bounds the whole exchange (resolving the name, connecting, sending, the status
+    line and headers, and reading the reply), not each read: a receiver that trickles its reply
+    byte by byte is cut off at the deadline (TimeoutError). The reply is read raw (no
+    decompression, `accept-encoding: identity`), so its stated size is what is read.
+    """
+    async with asyncio.timeout(timeout):
+        # getaddrinfo blocks: it runs on a pool of our own, which asyncio.run does not wait for
+        # (it joins only the default executor), so a slow resolver is bounded too.
+        target = await asyncio.get_running_loop().run_in_executor(_resolver, resolve_target, url)
+        extensions = {"sni_hostname": target.host.split(":")[0]} if target.scheme == "https" else {}
+        headers = {**headers, "host": target.host, "accept-encoding": "identity"}
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            request = client.build_request("POST", target.url, content=body, headers=headers, extensions=extensions)
+            response = await client.send(request, stream=True)
+            try:
+                head = bytearray()
+                async for chunk in response.aiter_raw():
+                    head += chunk
+                    if len(head) >= RESPONSE_READ_LIMIT:
+                        break  # the rest is never read: closing drops the connection
+                return response.status_code, response.headers.get("location"), bytes(head[:RESPONSE_READ_LIMIT])
+            finally:
+                await response.aclose()
+
+
 def delivery_attempt(*, delivery_id: int) -> WebhookAttempt | None:
     """Make the next attempt of a pending delivery, record it, and schedule a retry or declare
     it dead. Idempotent per attempt number (a redelivered task finds the attempt recorded)."""
@@ -155,25 +213,20 @@ def delivery_attempt(*, delivery_id: int) -> WebhookAttempt | None:
                                   timestamp=timestamp, body=body),
     }
     ok, status_code, excerpt, error = False, None, "", ""
+    timeout = float(settings.MODELPORT_WEBHOOK_TIMEOUT_S)
     start = time.perf_counter()
     try:
-        target = resolve_target(delivery.url)
-        headers["host"] = target.host
-        extensions = {"sni_hostname": target.host.split(":")[0]} if target.scheme == "https" else {}
-        with httpx.Client(timeout=settings.MODELPORT_WEBHOOK_TIMEOUT_S, follow_redirects=False,
-                          trust_env=False) as client:
-            response = client.post(target.url, content=body, headers=headers, extensions=extensions)
-        status_code = response.status_code
-        excerpt = response.text[:EXCERPT]
+        status_code, location, head = asyncio.run(_post(delivery.url, body, headers, timeout))
+        excerpt = head.decode("utf-8", "replace")[:EXCERPT]
         ok = 200 <= status_code < 300
         if 300 <= status_code < 400:
-            error = f"redirect to {response.headers.get('location', '?')} not followed"
+            error = f"redirect to {location or '?'} not followed"
         elif not ok:
             error = f"HTTP {status_code}"
     except WebhookTargetError as exc:
         error = str(exc)
-    except httpx.TimeoutException:
-        error = f"timed out after {settings.MODELPORT_WEBHOOK_TIMEOUT_S} s"
+    except (TimeoutError, httpx.TimeoutException):
+        error = f"timed out after {timeout} s"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
     latency = (time.perf_counter() - start) * 1000.0

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest
 
 from modelport.common.problems import Problem
 from modelport.ops import services as ops
 from modelport.ops.admin_base import AuditedAdminMixin, ReadOnlyInline, pre_text, pretty_json
 from modelport.registry.models import Model, ModelVersion
+from modelport.registry.selectors import version_default
 
 
 class VersionInline(ReadOnlyInline):
@@ -24,16 +25,27 @@ class VersionInline(ReadOnlyInline):
 
 @admin.register(Model)
 class ModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    list_display = ("__str__", "visibility", "default_version", "version_count", "royalty_per_call", "created_at")
+    list_display = ("__str__", "visibility", "effective_default", "version_count", "royalty_per_call", "created_at")
     list_filter = ("visibility", ("owner", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "owner__username", "description")
     list_select_related = ("owner", "default_version")
-    fields = ("owner", "name", "visibility", "description", "royalty_per_call", "default_version", "created_at")
-    readonly_fields = ("owner", "name", "default_version", "created_at")
+    fields = ("owner", "name", "visibility", "description", "royalty_per_call", "effective_default", "created_at")
+    readonly_fields = ("owner", "name", "effective_default", "created_at")
     inlines = (VersionInline,)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).annotate(version_count=Count("versions"))
+        return super().get_queryset(request).annotate(
+            version_count=Count("versions"),
+            newest_ready=Max("versions__number", filter=Q(versions__status=ModelVersion.Status.READY)),
+        )
+
+    @admin.display(description="default version")
+    def effective_default(self, obj: Any) -> str:
+        """The version calls go to (registry.selectors.version_default): the one set, else the
+        newest ready one, from the list's annotation rather than a query per row."""
+        if obj.default_version_id is not None:
+            return f"v{obj.default_version.number}"
+        return f"v{obj.newest_ready} (newest ready)" if obj.newest_ready is not None else "—"
 
     @admin.display(description="versions", ordering="version_count")
     def version_count(self, obj: Any) -> int:
@@ -78,9 +90,23 @@ class ModelVersionAdmin(AuditedAdminMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # predictions reference versions; disable instead
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        newest_ready = ModelVersion.objects.filter(model=OuterRef("model"), status=ModelVersion.Status.READY)
+        return super().get_queryset(request).annotate(
+            newest_ready_id=Subquery(newest_ready.order_by("-number").values("pk")[:1])
+        )
+
     @admin.display(boolean=True, description="default")
-    def is_default(self, obj: ModelVersion) -> bool:
-        return obj.model.default_version_id == obj.pk
+    def is_default(self, obj: Any) -> bool:
+        """Whether calls go to this version (registry.selectors.version_default): the one set as the
+        model's default, else the newest ready one."""
+        if obj.model.default_version_id is not None:
+            return bool(obj.model.default_version_id == obj.pk)
+        newest = getattr(obj, "newest_ready_id", None)
+        if newest is None and not hasattr(obj, "newest_ready_id"):  # an object not from get_queryset
+            default = version_default(model=obj.model)
+            newest = default.pk if default else None
+        return bool(newest == obj.pk)
 
     @admin.display(description="error")
     def error_pretty(self, obj: ModelVersion) -> str:

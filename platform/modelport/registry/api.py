@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -60,8 +60,11 @@ class ModelCreateSerializer(serializers.Serializer):
 
 class ModelPatchSerializer(serializers.Serializer):
     default_version = serializers.IntegerField(required=False, min_value=1)
+    # coerce_to_string=False: the schema declares a number (what clients send); a numeric string is accepted too.
     royalty = serializers.DecimalField(required=False, max_digits=12, decimal_places=6, min_value=Decimal(0),
-                                       help_text="credits per call paid by other callers to the owner")
+                                       coerce_to_string=False,
+                                       help_text="credits per call paid by other callers to the owner: a number "
+                                                 "(or a numeric string) with at most six decimal places")
     visibility = serializers.ChoiceField(choices=Model.Visibility.choices, required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
@@ -110,19 +113,34 @@ class VersionListSerializer(serializers.Serializer):
     results = VersionSerializer(many=True)
 
 
+@extend_schema_field({"type": "string", "format": "binary"})
+class UploadedFileField(serializers.FileField):
+    """A multipart file part: `format: binary`, so Swagger UI offers a file picker (drf-spectacular
+    declares a plain FileField as a `uri` string unless requests and responses get split components)."""
+
+
+@extend_schema_field({"type": "string", "example": ""})
+class OptionalFormText(serializers.CharField):
+    """An optional multipart text field whose example is empty, so Swagger UI leaves it out of a
+    request instead of sending its placeholder "string" (which the upload would refuse)."""
+
+
 class VersionUploadSerializer(serializers.Serializer):
     format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
-    artifact = serializers.FileField(
+    artifact = UploadedFileField(
         help_text=".onnx; a TorchScript archive; state_dict weights (.safetensors, .pt, .pth); "
                   "a torch.export program (.pt2)")
-    source = serializers.FileField(required=False, help_text="Python source defining the network (state_dict only)")
-    entrypoint = serializers.CharField(required=False, help_text="nn.Module subclass or factory in source")
-    init_kwargs = serializers.CharField(required=False, help_text="JSON object passed to the entrypoint")
-    inputs = serializers.CharField(
+    source = UploadedFileField(required=False, help_text="Python source defining the network (state_dict only)")
+    entrypoint = OptionalFormText(required=False,
+                                  help_text="nn.Module subclass or factory in source (state_dict only), e.g. `Net`")
+    init_kwargs = OptionalFormText(required=False,
+                                   help_text='JSON object passed to the entrypoint, e.g. `{"hidden": 64}`')
+    inputs = OptionalFormText(
         required=False,
-        help_text='JSON array [{"name", "dtype", "shape"}]; required for state_dict and torchscript '
-                  "(onnx and exported_program carry their own)")
-    outputs = serializers.CharField(required=False, help_text="JSON array of output names")
+        help_text='JSON array [{"name", "dtype", "shape"}], e.g. `[{"name": "x", "dtype": "float32", '
+                  '"shape": [null, 784]}]`; required for state_dict and torchscript (onnx and '
+                  "exported_program carry their own)")
+    outputs = OptionalFormText(required=False, help_text='JSON array of output names, e.g. `["y"]`')
     runtime = serializers.ChoiceField(
         choices=ModelVersion.RequestedRuntime.choices, required=False, default="auto",
         help_text="auto (default): ONNX when the conversion is faithful, else PyTorch in the sandbox, with "
@@ -212,7 +230,7 @@ class VersionListView(APIView):
 
     @extend_schema(operation_id="version_create", summary="Upload a version (validated and converted by workers)",
                    request={"multipart/form-data": VersionUploadSerializer},
-                   responses=responses({202: VersionSerializer}, 400, 403, 404, 413, 415))
+                   responses=responses({202: VersionSerializer}, 400, 403, 404, 413, 415, 429, 503))
     def post(self, request: Request, owner: str, name: str) -> Response:
         model = _model_access(request, owner, name, write=True)
         files, data = request.FILES, request.data

@@ -57,21 +57,25 @@ def version_get(*, model: Model, number: int) -> ModelVersion:
 # Keys not listed here are internal details; show them, if at all, under their raw name.
 REPORT_FIELDS: dict[str, tuple[str, str]] = {
     "parity_max_abs_error": (
-        "Parity: largest difference from PyTorch",
+        "Parity: max abs error vs. the original",
         "largest absolute difference between the converted model's outputs and PyTorch's on generated "
         "inputs (empty for ONNX uploads: nothing was converted)",
     ),
     "parity_max_rel_error": (
-        "Parity: largest relative difference",
+        "Parity: max relative error vs. the original",
         "the largest difference divided by the largest PyTorch output value, per output",
     ),
     "latency_ms_p50": (
-        "Run time in onnxruntime, median (ms)",
+        "Runtime latency p50 (ms, the model alone, not a whole call)",
         "onnxruntime's own time for one run on a generated sample, measured by the validator; a call "
         "takes longer (network, queueing, batching and JSON are not in it)",
     ),
+    "latency_ms_p99": (
+        "Runtime latency p99 (ms, the model alone, not a whole call)",
+        "the runtime's own time at the 99th percentile of the validator's sample runs",
+    ),
     "peak_memory_mb": (
-        "Peak memory of the loaded model (MB)",
+        "Peak memory (MB)",
         "peak resident memory the onnxruntime session added while the validator loaded the model and ran "
         "the samples (MiB)",
     ),
@@ -88,13 +92,13 @@ REPORT_FIELDS: dict[str, tuple[str, str]] = {
         "the model is too large for one ONNX file; its tensors are stored in data files next to it",
     ),
     "conversion_peak_memory_mb": (
-        "Peak memory of the conversion (MB)",
+        "Conversion peak memory (MB)",
         "peak resident memory of the sandboxed conversion job (MiB)",
     ),
     "conversion_seconds": ("Conversion time (s)", "wall time of the conversion job inside the sandbox"),
-    "sandbox_wall_seconds": ("Sandbox time (s)", "wall time of the sandboxed job, including its start"),
+    "sandbox_wall_seconds": ("Sandbox wall time (s)", "wall time of the sandboxed job, including its start"),
     "sandbox_peak_memory_mb": ("Sandbox peak memory (MB)", "peak memory of the sandbox's memory cgroup (MiB)"),
-    "isolation": ("Isolation", "how the conversion job was confined: namespaces, or none (development)"),
+    "isolation": ("Sandbox isolation", "how the conversion job was confined: namespaces, or none (development)"),
     "torch_version": ("PyTorch version", "the PyTorch that loaded and exported the model"),
     "sample_shapes": ("Sample input shapes", "shapes of the generated inputs the validator ran"),
     "parity_input_shapes": ("Parity input shapes", "input shapes the parity check compared at"),

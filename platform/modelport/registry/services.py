@@ -10,15 +10,25 @@ import json
 from dataclasses import dataclass
 from typing import IO, Any
 
+import kombu.exceptions
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone
 
 from modelport.common.problems import Problem
 from modelport.registry.models import Model, ModelVersion
 from modelport.registry.storage import artifact_store
 from workers import upload_rules
+
+# A version in one of these states holds (or waits for) a conversion worker.
+IN_PROGRESS = (ModelVersion.Status.QUEUED, ModelVersion.Status.VALIDATING, ModelVersion.Status.CONVERTING)
+# What a refused upload is told to wait: conversions take seconds to minutes.
+PENDING_RETRY_AFTER_S = 30
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,33 @@ def model_create(*, owner: AbstractBaseUser, name: str, visibility: str, descrip
             model.save()
     except IntegrityError:
         raise Problem(409, f"you already have a model named {name}") from None
+    return model
+
+
+def model_update(*, model: Model, visibility: str | None = None, description: str | None = None) -> Model:
+    """Change what the owner may change about `model` itself: its visibility and description
+    (None leaves a field as it is). The caller has checked write access through
+    `selectors.model_access(write=True)`, the one choke point the API uses too. A value the model
+    refuses raises a 400 and changes nothing. Saving invalidates cached resolutions (a model made
+    private is refused to other callers at once)."""
+    changed = {}
+    if visibility is not None:
+        changed["visibility"] = visibility
+    if description is not None:
+        limit = Model._meta.get_field("description").max_length or 0  # a TextField does not check it itself
+        if len(description) > limit:
+            raise Problem(400, f"description: at most {limit} characters", errors={"description": ["too long"]})
+        changed["description"] = description
+    if not changed:
+        return model
+    for field, value in changed.items():
+        try:
+            changed[field] = Model._meta.get_field(field).clean(value, model)
+        except ValidationError as exc:
+            raise Problem(400, f"{field}: {' '.join(exc.messages)}", errors={field: exc.messages}) from None
+    for field, value in changed.items():
+        setattr(model, field, value)
+    model.save(update_fields=list(changed))
     return model
 
 
@@ -116,27 +153,91 @@ def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, sou
     if fmt != ModelVersion.Format.STATE_DICT and source is not None:
         raise Problem(400, "source is only used with format state_dict", errors={"source": ["unexpected"]})
 
+    upload_admit(owner_id=model.owner_id)
     store = artifact_store()
     upload_digest = store.put(artifact.stream)
     source_digest = store.put(source.stream) if source is not None else ""
-    with transaction.atomic():
-        Model.objects.select_for_update().filter(pk=model.pk).first()
-        number = (model.versions.aggregate(n=Max("number"))["n"] or 0) + 1
-        version = ModelVersion.objects.create(
-            model=model, number=number, format=fmt, upload_sha256=upload_digest,
-            upload_filename=artifact.name[:255], source_sha256=source_digest,
-            source_filename=source.name[-255:] if source is not None else "", entrypoint=entrypoint,
-            init_kwargs=init_kwargs, declared_inputs=inputs, declared_outputs=outputs,
-            requested_runtime=runtime,
-        )
-        transaction.on_commit(lambda: _enqueue_processing(version.pk))
+    try:
+        with transaction.atomic():
+            # One account's uploads one at a time, so that the in-progress count below is exact.
+            get_user_model().objects.select_for_update().filter(pk=model.owner_id).first()
+            _check_in_progress(owner_id=model.owner_id)
+            Model.objects.select_for_update().filter(pk=model.pk).first()
+            number = (model.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+            version = ModelVersion.objects.create(
+                model=model, number=number, format=fmt, upload_sha256=upload_digest,
+                upload_filename=artifact.name[:255], source_sha256=source_digest,
+                source_filename=source.name[-255:] if source is not None else "", entrypoint=entrypoint,
+                init_kwargs=init_kwargs, declared_inputs=inputs, declared_outputs=outputs,
+                requested_runtime=runtime,
+            )
+            transaction.on_commit(lambda: _enqueue_processing(version.pk))
+    except (kombu.exceptions.OperationalError, redis.RedisError) as exc:
+        # The row committed but no worker will hear of it: take it back, unless a worker
+        # already claimed it (a message that went out before the error), and say 503.
+        deleted, _ = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.QUEUED).delete()
+        if deleted:
+            raise Problem(503, f"the conversion queue is unavailable, nothing was saved; try again shortly: {exc}",
+                          headers={"Retry-After": "10"}) from None
     return version
+
+
+def upload_admit(*, owner_id: int) -> None:
+    """The per-account upload throttle, before anything is stored: at most
+    MODELPORT_UPLOAD_MAX_IN_PROGRESS versions queued, validating or converting (checked again,
+    exactly, under the account's lock when the version is created), and
+    MODELPORT_UPLOAD_RATE_LIMIT uploads per window (the `limits` library, in Redis). Raises
+    Problem 429 with Retry-After."""
+    from modelport.gateway.ratelimit import rate_limit_account_hit
+
+    _check_in_progress(owner_id=owner_id)
+    rate_limit_account_hit(action="upload", account_id=owner_id, spec=settings.MODELPORT_UPLOAD_RATE_LIMIT)
+
+
+def _check_in_progress(*, owner_id: int) -> None:
+    limit = settings.MODELPORT_UPLOAD_MAX_IN_PROGRESS
+    busy = ModelVersion.objects.filter(model__owner_id=owner_id, status__in=IN_PROGRESS).count()
+    if busy >= limit:
+        raise Problem(429, f"{busy} of your versions are still being validated or converted (at most {limit} at "
+                           "a time); upload again when one has finished",
+                      headers={"Retry-After": str(PENDING_RETRY_AFTER_S)})
 
 
 def _enqueue_processing(version_id: int) -> None:
     from modelport.registry.tasks import model_version_process
 
     model_version_process.delay(version_id)
+
+
+def version_claim_fair(*, version_id: int, stale_after_s: float) -> int | None:
+    """Claim the queued version to work on next, for a `model_version_process(version_id)`
+    message; None when there is nothing to do.
+
+    Every queued version has (at least) one message in the convert queue, but a message does
+    not fix which version it processes: it takes the queued version of the account served least
+    recently (the one whose latest claim is oldest; accounts never served first), oldest upload
+    first within an account. So conversions go round-robin across accounts, and one account's
+    backlog delays another account's first upload by at most the conversion running now. The
+    count of messages still matches the count of queued versions, so each is processed once.
+    With nothing queued, `version_id` itself is claimed if its claim went stale (the message of
+    a worker that died, redelivered). The claim is a conditional UPDATE; the candidate row is
+    locked SKIP LOCKED, so concurrent conversion workers pick different versions.
+    """
+    last_claim = (ModelVersion.objects.filter(model__owner_id=OuterRef("model__owner_id"), claimed_at__isnull=False)
+                  .order_by("-claimed_at").values("claimed_at")[:1])
+    for _ in range(8):  # a lost race (another worker claimed the candidate) is retried, boundedly
+        with transaction.atomic():
+            candidate = (ModelVersion.objects.select_for_update(skip_locked=True, of=("self",))
+                         .filter(status=ModelVersion.Status.QUEUED)
+                         .annotate(owner_last_claim=Subquery(last_claim))
+                         .order_by(F("owner_last_claim").asc(nulls_first=True), "created_at", "pk")
+                         .values_list("pk", flat=True).first())
+            if candidate is None:
+                break
+            if ModelVersion.objects.filter(pk=candidate, status=ModelVersion.Status.QUEUED).update(
+                    status=ModelVersion.Status.VALIDATING, claimed_at=timezone.now()):
+                return int(candidate)
+    return version_id if version_claim(version_id=version_id, stale_after_s=stale_after_s) else None
 
 
 def version_claim(*, version_id: int, stale_after_s: float) -> bool:
@@ -192,3 +293,20 @@ def versions_reap(*, older_than_s: float) -> int:
         status__in=[ModelVersion.Status.VALIDATING, ModelVersion.Status.CONVERTING], claimed_at__lt=cutoff
     ).update(status=ModelVersion.Status.FAILED,
              error={"code": "worker_lost", "message": "the validation worker stopped; upload the version again"})
+
+
+def versions_requeue(*, messages_waiting: int) -> int:
+    """Send conversion messages for queued versions that have none, so that no version stays
+    `queued` forever: one whose message was lost (a Redis restarted without persistence, a web
+    process that died between the commit and the enqueue). `messages_waiting` is the convert
+    queue's length, read before this call. Messages do not fix their version (see
+    version_claim_fair), so topping the count up is enough, and a message too many finds
+    nothing to do. Returns how many were sent."""
+    missing = ModelVersion.objects.filter(status=ModelVersion.Status.QUEUED).count() - messages_waiting
+    if missing <= 0:
+        return 0
+    ids = list(ModelVersion.objects.filter(status=ModelVersion.Status.QUEUED).order_by("created_at", "pk")
+               .values_list("pk", flat=True)[:missing])
+    for version_id in ids:
+        _enqueue_processing(version_id)
+    return len(ids)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
@@ -24,11 +24,15 @@ log = logging.getLogger(__name__)
 
 @shared_task(acks_late=True, ignore_result=True)
 def model_version_process(version_id: int) -> None:
-    """Validate (and for PyTorch formats, convert) one version. Idempotent: claims it first."""
+    """Validate (and for PyTorch formats, convert) one queued version: the one fairest to take
+    now, which is not necessarily `version_id` (services.version_claim_fair: round-robin across
+    accounts). Idempotent: claims it first."""
     timeout = settings.MODELPORT_VALIDATION_TIMEOUT_S
-    if not services.version_claim(version_id=version_id, stale_after_s=2 * timeout):
-        log.info("version %s already claimed or finished", version_id)
+    claimed = services.version_claim_fair(version_id=version_id, stale_after_s=2 * timeout)
+    if claimed is None:
+        log.info("nothing queued, and version %s already claimed or finished", version_id)
         return
+    version_id = claimed
     version = ModelVersion.objects.get(pk=version_id)
     store = artifact_store()
     with tempfile.TemporaryDirectory(prefix="mp-version-") as tmp:
@@ -142,7 +146,15 @@ def _convert(version: ModelVersion, work: Path) -> ConversionResult | None:
 
 @shared_task(ignore_result=True)
 def versions_reap() -> int:
-    return services.versions_reap(older_than_s=2 * settings.MODELPORT_VALIDATION_TIMEOUT_S + 60)
+    """Fail versions stuck in validating/converting, and re-send the messages of queued versions
+    whose message was lost (services.versions_requeue)."""
+    reaped = services.versions_reap(older_than_s=2 * settings.MODELPORT_VALIDATION_TIMEOUT_S + 60)
+    with current_app.connection_for_write() as conn:
+        waiting = conn.default_channel.queue_declare(queue=settings.CELERY_QUEUE_CONVERT).message_count
+    requeued = services.versions_requeue(messages_waiting=waiting)
+    if requeued:
+        log.warning("re-sent %s conversion message(s) for queued versions that had none", requeued)
+    return reaped
 
 
 @worker_ready.connect

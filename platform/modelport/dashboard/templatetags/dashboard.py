@@ -7,7 +7,7 @@ from typing import Any
 
 from django import template
 
-from modelport.billing.services import format_credits
+from modelport.billing.display import credits_display
 
 register = template.Library()
 
@@ -29,8 +29,8 @@ def shape(dims: list[int | None] | None) -> str:
 
 @register.filter
 def credits(micro: int | None) -> str:
-    """µc -> credits with six decimals."""
-    return format_credits(micro or 0)
+    """µc -> credits as people see them everywhere (billing.display: "50,000.000000")."""
+    return credits_display(micro or 0)
 
 
 @register.filter
@@ -42,6 +42,10 @@ def tojson(value: Any) -> str:
 def report_value(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:,.2f}"
     return str(value)
