@@ -352,6 +352,60 @@ def load_torchscript(path: Path) -> torch.nn.Module:
         raise _wrap_user_error("torchscript_rejected", "TorchScript archive rejected", exc) from None
 
 
+def load_exported_program(path: Path) -> Any:
+    """A `torch.export.save` archive (code: only ever loaded in the sandbox)."""
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:
+        raise _wrap_user_error("exported_program_rejected", "exported program rejected", exc) from None
+
+
+def program_specs(program: Any) -> list[dict[str, Any]]:
+    """The program's user inputs as specs: name, dtype, shape (None for a symbolic dim), and
+    `bounds` {axis: [low, high]} from its range constraints (high None when unbounded)."""
+    by_name = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    specs = []
+    for input_spec in program.graph_signature.input_specs:
+        if input_spec.kind.name != "USER_INPUT":
+            continue
+        name = input_spec.arg.name
+        value = by_name[name].meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.dtype not in NUMPY_NAMES:
+            raise JobError("invalid_inputs", f"input {name!r} of the exported program is not a supported tensor")
+        shape: list[int | None] = []
+        bounds: dict[str, list[int | None]] = {}
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, torch.SymInt):
+                shape.append(None)
+                limits = program.range_constraints.get(dim.node.expr)
+                low = int(limits.lower) if limits is not None else 1
+                upper = limits.upper if limits is not None else None
+                high = int(upper) if upper is not None and upper.is_finite else None
+                bounds[str(axis)] = [max(1, low), high]
+            else:
+                shape.append(int(dim))
+        specs.append({"name": name, "dtype": NUMPY_NAMES[value.dtype], "shape": shape, "bounds": bounds})
+    if not specs:
+        raise JobError("invalid_inputs", "the exported program takes no tensor inputs")
+    return specs
+
+
+def program_inputs(program: Any, declared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The program's input specs; declared `inputs` (optional) must name the same inputs with the
+    same dtypes, and may give integer inputs a `range` for generated values."""
+    specs = program_specs(program)
+    if not declared:
+        return specs
+    got = [(s["name"], s["dtype"]) for s in specs]
+    want = [(s["name"], s["dtype"]) for s in declared]
+    if got != want:
+        raise JobError("signature_mismatch", f"declared inputs {want} but the exported program takes {got}")
+    for spec, given in zip(specs, declared, strict=True):
+        if "range" in given:
+            spec["range"] = given["range"]
+    return specs
+
+
 def _not_torchscript_advice(path: Path) -> str | None:
     """What a torch.save file sent as torchscript is, when it is one of the usual mistakes.
     Only ever unpickles with weights_only=True."""
@@ -393,19 +447,63 @@ def axis_size(axis: int, which: str) -> int:
     return 3 if axis == 0 else 22 + axis
 
 
-def make_inputs(specs: list[dict[str, Any]], which: str, default_int_high: int, seed: int) -> list[torch.Tensor]:
+# Parity input sets beyond the three size sets: (name, size set, values). A branch or loop on the
+# input's values that an exporter traced down one path shows up as a mismatch on one of these.
+VALUE_SETS = (
+    ("positive", "small", "positive"),
+    ("negative", "large", "negative"),
+    ("zeros", "export", "zeros"),
+    ("large_magnitude", "small", "large"),
+    ("edges_low", "large", "low"),
+    ("edges_high", "small", "high"),
+)
+
+
+def _bounded(size: int, spec: dict[str, Any], axis: int) -> int:
+    """`size` moved into the axis's bounds (an exported program's range constraints)."""
+    low, high = (spec.get("bounds") or {}).get(str(axis), [1, None])
+    size = max(size, low)
+    return min(size, high) if high is not None else size
+
+
+def make_inputs(
+    specs: list[dict[str, Any]], which: str, default_int_high: int, seed: int, values: str = "normal"
+) -> list[torch.Tensor]:
+    """Inputs at the `which` sizes. `values`: "normal" (floats ~ N(0, 1), ints uniform in their
+    range, bools uniform), "positive"/"negative" (floats |N(0, 1)| + 0.1, with that sign),
+    "zeros", "large" (floats ~ 1000·N(0, 1)), "low"/"high" (floats ∓(1000 + |N|·1000), ints and
+    bools at the low or high edge of their range)."""
     gen = torch.Generator().manual_seed(seed)
     tensors = []
     for spec in specs:
-        shape = [d if d is not None else axis_size(i, which) for i, d in enumerate(spec["shape"])]
+        shape = [d if d is not None else _bounded(axis_size(i, which), spec, i) for i, d in enumerate(spec["shape"])]
         dtype = TORCH_DTYPES[spec["dtype"]]
         if dtype == torch.bool:
             t = torch.randint(0, 2, shape, generator=gen).bool()
+            if values in ("zeros", "low", "high"):
+                t = torch.full(shape, values == "high", dtype=torch.bool)
         elif dtype.is_floating_point:
-            t = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+            t = torch.randn(shape, generator=gen, dtype=torch.float32)
+            scale = 100.0 if dtype in (torch.float16, torch.bfloat16) else 1000.0
+            if values == "positive":
+                t = t.abs() + 0.1
+            elif values == "negative":
+                t = -(t.abs() + 0.1)
+            elif values == "zeros":
+                t = torch.zeros(shape)
+            elif values == "large":
+                t = t * scale
+            elif values in ("low", "high"):
+                t = (scale + t.abs() * scale) * (1 if values == "high" else -1)
+            t = t.to(dtype)
         else:
             low, high = spec.get("range") or (0, default_int_high)
-            t = torch.randint(int(low), int(high), shape, generator=gen, dtype=torch.int64).to(dtype)
+            t = torch.randint(int(low), int(high), shape, generator=gen, dtype=torch.int64)
+            if values in ("zeros", "low"):
+                t = torch.full(shape, int(low), dtype=torch.int64)
+            elif values == "high":
+                t = torch.full(shape, int(high) - 1, dtype=torch.int64)
+            t = t.to(dtype)
         tensors.append(t)
     return tensors
 
@@ -515,6 +613,28 @@ def explain_export_error(exc: BaseException) -> str:
     return prefix + _first_lines(_ANSI.sub("", summary), 800)
 
 
+# The legacy tracer's warnings that it recorded a value-dependent decision as a constant: a
+# Python bool/int/float taken from a tensor (an `if` on values, a loop bound) or a loop over a
+# tensor. Such a graph answers inputs that would take another path wrongly, so it is refused
+# whatever parity says (its sample inputs may all take the traced path).
+_SPECIALISING = re.compile(
+    r"Converting a tensor to a Python (?:boolean|number|index|integer|float)|Iterating over a tensor"
+)
+
+
+class NotFaithful(Exception):
+    """The exporter specialised the graph on the example's values."""
+
+
+def _specialisation(caught: list[warnings.WarningMessage]) -> str | None:
+    for w in caught:
+        text = str(w.message)
+        if _SPECIALISING.search(text):
+            where = f" ({Path(w.filename).name}, line {w.lineno})" if w.filename else ""
+            return text.split(". ")[0].strip() + where
+    return None
+
+
 def export_advice(reasons: str) -> str:
     """One sentence on what to change, chosen from what the exporters said."""
     ops = re.findall(r"unsupported operator ([^:]+):", reasons)
@@ -542,23 +662,34 @@ def export(
     output_names: list[str],
     axes: dict[str, dict[int, str]],
     path: Path,
+    program: Any = None,
 ) -> None:
-    """Export with one exporter; raises whatever the exporter raises."""
+    """Export with one exporter; raises whatever the exporter raises, and `NotFaithful` when the
+    legacy tracer warns that it specialised on the example's values."""
     kwargs: dict[str, Any] = dict(
         input_names=input_names,
         output_names=output_names,
         dynamic_axes=axes or None,
         opset_version=OPSET,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if exporter == "program":
+            kwargs.pop("dynamic_axes")
+            torch.onnx.export(program, tuple(inputs), str(path), dynamo=True, report=False, verbose=False, **kwargs)
+        elif exporter == "dynamo":
             torch.onnx.export(model, tuple(inputs), str(path), dynamo=True, report=False, verbose=False, **kwargs)
         else:
             torch.onnx.export(model, tuple(inputs), str(path), dynamo=False, **kwargs)
+    reason = _specialisation(caught)
+    if reason is not None:
+        raise NotFaithful(reason)
 
 
-def available_exporters(model: torch.nn.Module) -> tuple[list[str], dict[str, str]]:
+def available_exporters(model: torch.nn.Module, fmt: str = "") -> tuple[list[str], dict[str, str]]:
+    if fmt == "exported_program":
+        # The program itself goes to the dynamo exporter: its dynamic dims are its own.
+        return ["program"], {}
     if isinstance(model, torch.jit.ScriptModule):
         # The dynamo exporter can't take a ScriptModule with dynamic axes (see FINDINGS).
         return ["legacy"], {}
@@ -669,6 +800,26 @@ def measure(path: Path, input_names: list[str], inputs: list[torch.Tensor]) -> f
     return float(np.median(timings))
 
 
+def _torch_runtime_report(model: torch.nn.Module, inputs: list[torch.Tensor], started: float) -> dict[str, Any]:
+    """What the torch runtime's report holds: eager latency on the export example (the runtime's
+    own time, in this process; a call adds the sandboxed process's round trip)."""
+    with torch.no_grad():
+        for _ in range(2):
+            model(*inputs)
+        timings: list[float] = []
+        deadline = time.perf_counter() + LATENCY_BUDGET_S
+        while len(timings) < LATENCY_MAX_RUNS and (
+            len(timings) < LATENCY_MIN_RUNS or time.perf_counter() < deadline
+        ):
+            t0 = time.perf_counter()
+            model(*inputs)
+            timings.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "torch_latency_ms_p50": round(float(np.median(timings)), 4),
+        "conversion_seconds": round(time.monotonic() - started, 2),
+    }
+
+
 def finalize_onnx(candidate: Path, final: Path, external_over: int = SINGLE_FILE_MAX_BYTES) -> int | None:
     """Write the accepted export with standard-domain opset imports only: as one file, or, when
     the model is over `external_over` bytes (protobuf's limit by default; the job may set it
@@ -703,6 +854,7 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     specs = job["inputs"]
+    program = None
     fmt = job["fmt"]
     artifact = scratch / job["artifact"]
     stripped = False
@@ -716,9 +868,14 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
         del state_dict
     elif fmt == "torchscript":
         model = load_torchscript(artifact)
+    elif fmt == "exported_program":
+        program = load_exported_program(artifact)
+        specs = program_inputs(program, specs)
+        model = program.module()
     else:
         raise JobError("invalid_format", f"unknown format {fmt!r}")
-    model.eval()
+    if fmt != "exported_program":  # an exported program's module is already in inference form
+        model.eval()
     param_count = int(sum(p.numel() for p in model.parameters()))
 
     embeddings = _embedding_sizes(model)
@@ -727,6 +884,16 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
     for seed, which in enumerate(("export", "small", "large")):
         inputs = make_inputs(specs, which, default_high, seed)
         sets[which] = (inputs, run_eager(model, inputs, which))
+    skipped: dict[str, str] = {}
+    # The value sets only serve parity: a model served as it is (runtime "torch") is run on the
+    # size sets alone (for its output signature and timing).
+    value_sets = VALUE_SETS if job.get("runtime") != "torch" else ()
+    for seed, (name, which, values) in enumerate(value_sets, start=3):
+        inputs = make_inputs(specs, which, default_high, seed, values)
+        try:
+            sets[name] = (inputs, run_eager(model, inputs, name))
+        except JobError as exc:  # e.g. an index input at its edge: the set can't be compared
+            skipped[name] = exc.message[:300]
     n_outputs = len(sets["export"][1])
     output_names = job.get("output_names") or (
         ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
@@ -736,25 +903,58 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
             "outputs_mismatch",
             f"{len(output_names)} output names were given but the model returns {n_outputs} tensors",
         )
+    if any(len(outs) != n_outputs for _, outs in sets.values()):
+        raise JobError("model_error", "the model returns a different number of tensors for different inputs")
     out_dims = output_axes([outs for _, outs in sets.values()])
     input_names = [s["name"] for s in specs]
-    axes = dynamic_axes_for(specs, output_names, out_dims)
+    signature = {
+        "inputs": [{"name": s["name"], "dtype": s["dtype"], "shape": list(s["shape"])} for s in specs],
+        "outputs": [
+            {"name": name, "dtype": NUMPY_NAMES.get(t.dtype, "float32"), "shape": dims}
+            for name, t, dims in zip(output_names, sets["export"][1], out_dims, strict=True)
+        ],
+    }
+    base_report: dict[str, Any] = {
+        "parameter_count": param_count,
+        "torch_version": torch.__version__,
+        "parity_input_sets": sorted(sets),
+    }
+    if skipped:
+        base_report["parity_sets_skipped"] = skipped
+    if stripped:
+        base_report["state_dict_prefix_stripped"] = DATA_PARALLEL_PREFIX
+    if job.get("runtime") == "torch":
+        return signature, {**base_report, **_torch_runtime_report(model, sets["export"][0], started)}
 
-    exporters, unavailable = available_exporters(model)
+    axes = dynamic_axes_for(specs, output_names, out_dims)
+    exporters, unavailable = available_exporters(model, fmt)
     attempts: list[dict[str, Any]] = [{"exporter": name, "error": why} for name, why in unavailable.items()]
     chosen: tuple[str, Path, float, float] | None = None
     best: tuple[float, float, str] | None = None  # the closest parity failure
+    unfaithful: str | None = None
     for exporter in exporters:
         candidate = scratch / f"candidate-{exporter}.onnx"
         try:
-            export(model, exporter, sets["export"][0], input_names, output_names, axes, candidate)
+            export(model, exporter, sets["export"][0], input_names, output_names, axes, candidate, program=program)
+        except NotFaithful as exc:
+            attempts.append({"exporter": exporter, "error": f"not faithful: {exc}"})
+            unfaithful = unfaithful or f"{exporter} exporter: {exc}"
+            continue
         except BaseException as exc:
             mapped = _resource_error(exc)
             if mapped is not None:
                 raise mapped from None
             attempts.append({"exporter": exporter, "error": explain_export_error(exc)})
             continue
-        max_abs, max_rel, failure = parity(candidate, input_names, output_names, sets)
+        # The headline error is over the size sets (inputs ~ N(0, 1)); the value sets (large
+        # magnitudes among them) must pass the same elementwise tolerance, and their relative
+        # error is reported on its own.
+        size_sets = {k: v for k, v in sets.items() if k in ("export", "small", "large")}
+        value_sets = {k: v for k, v in sets.items() if k not in size_sets}
+        max_abs, max_rel, failure = parity(candidate, input_names, output_names, size_sets)
+        if failure is None and value_sets:
+            _, value_rel, failure = parity(candidate, input_names, output_names, value_sets)
+            base_report["parity_value_sets_max_rel_error"] = value_rel
         if failure is None:
             chosen = (exporter, candidate, max_abs, max_rel)
             attempts.append({"exporter": exporter, "error": None, "parity_max_abs_error": max_abs})
@@ -763,9 +963,22 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
         if best is None or max_abs < best[0]:
             best = (max_abs, max_rel, f"{exporter} exporter: {failure}")
     if chosen is None:
-        report: dict[str, Any] = {"export_attempts": attempts}
+        # What the torch runtime needs to serve the model as it is (runtime "auto").
+        report: dict[str, Any] = {
+            **base_report,
+            "export_attempts": attempts,
+            "torch_signature": signature,
+            **_torch_runtime_report(model, sets["export"][0], started),
+        }
         if best is not None:
             raise JobError("parity", f"the converted model does not match the original: {best[2]}", report)
+        if unfaithful is not None:
+            raise JobError(
+                "not_faithful",
+                "the ONNX export specialised on the example's values, so it would answer other inputs "
+                f"wrongly (value-dependent control flow): {unfaithful}",
+                report,
+            )
         reasons = "; ".join(f"{a['exporter']}: {a['error']}" for a in attempts)
         raise JobError("export_failed", f"{export_advice(reasons)} What the exporters said: {reasons}", report)
 
@@ -775,14 +988,9 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
     for path in scratch.glob("candidate-*"):
         path.unlink()
     latency = measure(final, input_names, sets["export"][0])
-    signature = {
-        "inputs": [{"name": s["name"], "dtype": s["dtype"], "shape": list(s["shape"])} for s in specs],
-        "outputs": [
-            {"name": name, "dtype": NUMPY_NAMES.get(t.dtype, "float32"), "shape": dims}
-            for name, t, dims in zip(output_names, sets["export"][1], out_dims, strict=True)
-        ],
-    }
     report = {
+        **base_report,
+        "runtime": "onnx",
         "parity_max_abs_error": max_abs,
         "parity_max_rel_error": max_rel,
         "parity_input_shapes": {
@@ -791,15 +999,11 @@ def convert(job: dict[str, Any], scratch: Path) -> tuple[dict[str, Any], dict[st
         },
         "latency_ms_p50": round(latency, 4),
         "conversion_peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        "parameter_count": param_count,
         "opset": opset,
         "exporter": exporter,
         "export_attempts": attempts,
-        "torch_version": torch.__version__,
         "conversion_seconds": round(time.monotonic() - started, 2),
     }
-    if stripped:
-        report["state_dict_prefix_stripped"] = DATA_PARALLEL_PREFIX
     return signature, report
 
 

@@ -37,10 +37,14 @@ from workers.sandbox import (
 )
 
 _CHILD = Path(__file__).with_name("_convert_child.py")
-FORMATS = frozenset({"state_dict", "torchscript"})
+FORMATS = frozenset({"state_dict", "torchscript", "exported_program"})
 # dtypes the converter can generate inputs for: one rule with the web tier (workers.upload_rules).
 INPUT_DTYPES = upload_rules.CONVERTIBLE_DTYPES
 LIMIT_ERROR_CODES = frozenset({TIME_LIMIT, CPU_LIMIT, MEMORY_LIMIT, PROCESS_LIMIT, FILE_SIZE_LIMIT})
+RUNTIMES = frozenset({"auto", "onnx", "torch"})
+# Failures of the conversion itself (not of the model): under runtime "auto" the model is then
+# served by PyTorch as it is.
+CONVERSION_FAILURES = frozenset({"export_failed", "parity", "not_faithful"})
 # Codes the child uses when user code raised something generic; a pids-limit hit explains them.
 _GENERIC_CODES = frozenset(
     {"source_error", "entrypoint_failed", "model_error", "export_failed", "conversion_error", PROCESS_LIMIT}
@@ -59,10 +63,16 @@ class ConversionResult:
     conversion_peak_memory_mb (the job's peak RSS), parameter_count, opset, exporter,
     export_attempts, state_dict_prefix_stripped, isolation... `log` is the tail (8 KB) of the
     job's stdout/stderr. (peak_memory_mb is the validator's, measured in its own process.)
+
+    `runtime` says what serves the model: "onnx" (`onnx_path` is set) or "torch" (no ONNX file:
+    the upload itself is served by PyTorch in the sandbox; `runtime_reason` says why when the
+    conversion was tried under "auto" and was not faithful, failed parity or failed to export).
     """
 
     ok: bool
     onnx_path: Path | None = None
+    runtime: str = "onnx"
+    runtime_reason: str | None = None
     signature: dict[str, Any] | None = None
     report: dict[str, Any] = field(default_factory=dict)
     error_code: str | None = None
@@ -93,10 +103,15 @@ def convert_model(
     limits: SandboxLimits | None = None,
     allow_unsandboxed: bool = False,
     output_names: list[str] | None = None,
+    runtime: str = "onnx",
     source_name: str | None = None,
     external_data_over_bytes: int | None = None,
 ) -> ConversionResult:
     """Convert `artifact` to ONNX in the sandbox and check it against the original.
+
+    `runtime`: "onnx" fails when there is no faithful conversion; "auto" then returns an ok
+    result with runtime "torch" and the reason; "torch" skips the export (the model is loaded
+    and run in the sandbox for its signature and timing only).
 
     `inputs`: `[{"name", "dtype", "shape", "range"?}]` as in the API (`range` = [low, high) for
     generated integer inputs; optional). `work_dir` is created if needed; on success it holds
@@ -106,6 +121,9 @@ def convert_model(
     `SandboxUnavailable`/`SandboxError` for platform problems only.
     """
     limits = limits or SandboxLimits()
+    if runtime not in RUNTIMES:
+        return ConversionResult(ok=False, error_code="invalid_runtime",
+                                error_message=f"runtime {runtime!r} is not one of {sorted(RUNTIMES)}")
     try:
         specs = _check_request(fmt, artifact, source, entrypoint, init_kwargs, inputs, output_names)
     except _InvalidRequest as exc:
@@ -118,6 +136,7 @@ def convert_model(
     scratch.mkdir(mode=0o700)
     try:
         job = _stage_job(scratch, fmt, artifact, source, entrypoint, init_kwargs, specs, output_names, limits)
+        job["runtime"] = runtime
         job["source_name"] = (source_name or (source.name if source else ""))[-200:]
         if external_data_over_bytes is not None:
             job["external_data_over_bytes"] = int(external_data_over_bytes)
@@ -151,12 +170,17 @@ def _check_request(
     if not artifact.is_file():
         raise _InvalidRequest("invalid_artifact", "the artifact file is missing")
     try:
-        if fmt == "state_dict":
-            upload_rules.check_weights_name(artifact.name)
-            if source is None or not source.is_file():
-                raise upload_rules.RuleError("source", "a state_dict upload needs the model's Python source file")
-            upload_rules.check_entrypoint(entrypoint)
-        specs = upload_rules.check_input_specs(inputs, dtypes=upload_rules.CONVERTIBLE_DTYPES)
+        if fmt == "exported_program":
+            # The program carries its own signature; declared inputs (optional) are checked against it.
+            upload_rules.check_program_name(artifact.name)
+            specs = upload_rules.check_input_specs(inputs, dtypes=upload_rules.CONVERTIBLE_DTYPES) if inputs else []
+        else:
+            if fmt == "state_dict":
+                upload_rules.check_weights_name(artifact.name)
+                if source is None or not source.is_file():
+                    raise upload_rules.RuleError("source", "a state_dict upload needs the model's Python source file")
+                upload_rules.check_entrypoint(entrypoint)
+            specs = upload_rules.check_input_specs(inputs, dtypes=upload_rules.CONVERTIBLE_DTYPES)
         if output_names is not None:
             upload_rules.check_output_names(output_names, input_names=[s["name"] for s in specs])
     except upload_rules.RuleError as exc:
@@ -184,7 +208,8 @@ def _stage_job(
     """Copy the upload into scratch (the sandbox sees nothing else) and write job.json."""
     inbox = scratch / "in"
     inbox.mkdir()
-    artifact_name = "weights" + artifact.suffix.lower() if fmt == "state_dict" else "model.pt"
+    artifact_name = {"state_dict": "weights" + artifact.suffix.lower(), "exported_program": "model.pt2"}.get(
+        fmt, "model.pt")
     shutil.copyfile(artifact, inbox / artifact_name)
     job: dict[str, Any] = {
         "fmt": fmt,
@@ -235,8 +260,24 @@ def _interpret(
     if not result.report:
         how = result.killed_reason or f"exit status {result.returncode}"
         return failed("conversion_crashed", f"the conversion stopped without a result ({how})")
+    if child.get("ok") is not True and code in CONVERSION_FAILURES and job.get("runtime") == "auto":
+        try:
+            signature = _check_signature(report.pop("torch_signature", None), job)
+        except _InvalidRequest as exc:
+            return failed("conversion_error", f"the conversion produced an invalid result: {exc}")
+        latency = _number(report.get("torch_latency_ms_p50"))
+        report.update(runtime="torch", runtime_reason=message, latency_ms_p50=latency)
+        return ConversionResult(ok=True, runtime="torch", runtime_reason=message, signature=signature,
+                                report=report, log=result.log_tail)
     if child.get("ok") is not True or result.returncode != 0:
         return failed(code or "conversion_error", message or "conversion failed")
+    if job.get("runtime") == "torch":
+        try:
+            signature = _check_signature(child.get("signature"), job)
+        except _InvalidRequest as exc:
+            return failed("conversion_error", f"the conversion produced an invalid result: {exc}")
+        report.update(runtime="torch", latency_ms_p50=_number(report.get("torch_latency_ms_p50")))
+        return ConversionResult(ok=True, runtime="torch", signature=signature, report=report, log=result.log_tail)
 
     try:
         signature = _check_signature(child.get("signature"), job)
@@ -262,6 +303,24 @@ def _check_signature(raw: Any, job: dict[str, Any]) -> dict[str, Any]:
         ):
             raise _InvalidRequest("conversion_error", f"malformed output spec {str(out)[:200]}")
         clean.append({"name": out["name"], "dtype": out["dtype"], "shape": out["shape"]})
+    if job["fmt"] == "exported_program":
+        # The program named its inputs; what the child read from it is checked like an upload's.
+        child_inputs = raw.get("inputs") if isinstance(raw, dict) else None
+        if not isinstance(child_inputs, list):
+            raise _InvalidRequest("conversion_error", "no inputs in the signature")
+        try:
+            checked = upload_rules.check_input_specs(
+                [{k: v for k, v in i.items() if k in ("name", "dtype", "shape")} for i in child_inputs
+                 if isinstance(i, dict)], dtypes=upload_rules.CONVERTIBLE_DTYPES)
+        except upload_rules.RuleError as exc:
+            raise _InvalidRequest("conversion_error", f"malformed input spec: {exc.message}") from None
+        if len(checked) != len(child_inputs):
+            raise _InvalidRequest("conversion_error", "malformed input spec")
+        declared = [(s["name"], s["dtype"]) for s in job["inputs"]]
+        if declared and declared != [(s["name"], s["dtype"]) for s in checked]:
+            raise _InvalidRequest("conversion_error", "the signature's inputs differ from the declared ones")
+        return {"inputs": [{"name": s["name"], "dtype": s["dtype"], "shape": s["shape"]} for s in checked],
+                "outputs": clean}
     inputs = [{"name": s["name"], "dtype": s["dtype"], "shape": s["shape"]} for s in job["inputs"]]
     return {"inputs": inputs, "outputs": clean}
 
@@ -286,3 +345,10 @@ def _collect_onnx(scratch: Path, work_dir: Path) -> Path:
     final = work_dir / _ONNX_NAME
     os.replace(produced, final)
     return final
+
+
+def _number(value: Any) -> float | None:
+    """A finite number the (untrusted) child reported, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) < 1e12:
+        return float(value)
+    return None

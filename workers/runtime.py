@@ -1,4 +1,8 @@
-"""The serving runtime on a worker: an LRU cache of onnxruntime sessions under memory budgets.
+"""The serving runtime on a worker: an LRU cache of loaded models under memory budgets.
+
+A loaded model is an onnxruntime session in this process, or (runtime "torch") a sandboxed model
+process owned through `workers.torch_runtime.TorchSession`; eviction ends that process, which
+frees all of its memory.
 
 Django-free. Thread-safety: `ModelCache` methods take an internal lock; a `LoadedModel` may be
 run from one thread at a time (the serving loop is single-threaded per process).
@@ -40,10 +44,22 @@ class LoadedModel:
     provider: str
     loaded_at: float = field(default_factory=time.monotonic)
     load_ms: float = 0.0
+    runtime: str = "onnx"
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-        results = self.session.run(self.output_names, feeds)
+    def run(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> list[tuple[str, np.ndarray]]:
+        """Outputs by name. `deadline` (time.monotonic()) bounds a torch-runtime call; raises
+        `workers.torch_runtime.ModelCallError` subclasses for its faults."""
+        if self.runtime == "torch":
+            results = self.session.run(self.output_names, feeds, deadline)
+        else:
+            results = self.session.run(self.output_names, feeds)
         return list(zip(self.output_names, results, strict=True))
+
+    def close(self) -> None:
+        """Free what the model holds now (a torch model's process ends)."""
+        close = getattr(self.session, "close", None)
+        if self.runtime == "torch" and close is not None:
+            close()
 
 
 class ModelCache:
@@ -54,8 +70,11 @@ class ModelCache:
     """
 
     def __init__(self, *, host_budget_bytes: int, device_budget_bytes: int = 0, threads: int = 1,
-                 use_cuda: bool | None = None) -> None:
+                 use_cuda: bool | None = None, torch_memory_bytes: int = 4 * 1024**3,
+                 allow_unsandboxed: bool = False) -> None:
         self.host_budget = host_budget_bytes
+        self.torch_memory_bytes = torch_memory_bytes
+        self.allow_unsandboxed = allow_unsandboxed
         self.device_budget = device_budget_bytes
         self.threads = threads
         if use_cuda is None:
@@ -78,16 +97,23 @@ class ModelCache:
             return (sum(m.host_bytes for m in self._models.values()),
                     sum(m.device_bytes for m in self._models.values()))
 
-    def get(self, key: str, path: Path, *, device_limit_bytes: int | None = None) -> LoadedModel:
+    def get(self, key: str, path: Path, *, device_limit_bytes: int | None = None,
+            torch_spec: Any = None) -> LoadedModel:
+        """The loaded model for `key`, loading it (and evicting others to fit) if needed.
+        `torch_spec` (a `workers.torch_runtime.TorchModelSpec`) loads it on the torch runtime."""
         with self._lock:
             model = self._models.get(key)
             if model is not None:
                 self._models.move_to_end(key)
                 return model
-        model = self._load(key, path, device_limit_bytes=device_limit_bytes)
+        if torch_spec is not None:
+            model = self._load_torch(key, torch_spec)
+        else:
+            model = self._load(key, path, device_limit_bytes=device_limit_bytes)
         with self._lock:
             existing = self._models.get(key)
             if existing is not None:
+                model.close()
                 return existing
             self._make_room(model.host_bytes, model.device_bytes)
             self._models[key] = model
@@ -98,6 +124,7 @@ class ModelCache:
             model = self._models.pop(key, None)
         if model is None:
             return False
+        model.close()
         del model
         gc.collect()
         self.evictions += 1
@@ -112,9 +139,23 @@ class ModelCache:
         ):
             old_key, old = self._models.popitem(last=False)
             log.info("evicting %s to fit the memory budget", old_key)
+            old.close()
             del old
             self.evictions += 1
         gc.collect()
+
+    def _load_torch(self, key: str, spec: Any) -> LoadedModel:
+        from workers.torch_runtime import TorchLimits, TorchSession
+
+        start = time.perf_counter()
+        session = TorchSession(spec, TorchLimits(memory_bytes=self.torch_memory_bytes, threads=self.threads),
+                               allow_unsandboxed=self.allow_unsandboxed)
+        # The process's whole resident memory counts against the budget (its memory cgroup).
+        host = session.memory_bytes() or self.torch_memory_bytes
+        return LoadedModel(key=key, session=session, inputs=list(spec.signature["inputs"]),
+                           output_names=[o["name"] for o in spec.signature["outputs"]], host_bytes=host,
+                           device_bytes=0, provider="torch-cpu", runtime="torch",
+                           load_ms=(time.perf_counter() - start) * 1000.0)
 
     def _load(self, key: str, path: Path, *, device_limit_bytes: int | None) -> LoadedModel:
         import onnxruntime as ort

@@ -431,6 +431,21 @@ def _classify(
     return None, None
 
 
+def _job_config(*, argv: list[str], scratch: Path, limits: SandboxLimits, namespaces: bool, env: dict[str, str],
+                expose: tuple[str, ...]) -> dict[str, Any]:
+    """The launcher's configuration (see _sandbox_init.py); "newroot" is added by the caller."""
+    return {
+        "namespaces": namespaces,
+        "scratch": str(scratch),
+        "expose": list(expose),
+        "links": [argv[0]],
+        "argv": argv,
+        "env": _job_env(scratch, limits, env),
+        "rlimits": _rlimits(limits, namespaces=namespaces),
+        "cgroups": [],
+    }
+
+
 def _launch(
     *,
     argv: list[str],
@@ -443,16 +458,7 @@ def _launch(
     use_cgroups: bool,
     log_limit: int = 8192,
 ) -> SandboxResult:
-    config = {
-        "namespaces": namespaces,
-        "scratch": str(scratch),
-        "expose": list(expose),
-        "links": [argv[0]],
-        "argv": argv,
-        "env": _job_env(scratch, limits, env),
-        "rlimits": _rlimits(limits, namespaces=namespaces),
-        "cgroups": [],
-    }
+    config = _job_config(argv=argv, scratch=scratch, limits=limits, namespaces=namespaces, env=env, expose=expose)
     cgroups = _JobCgroups(limits) if use_cgroups else None
     notes: list[str] = []
     if cgroups is not None:
@@ -534,3 +540,171 @@ def _kill_job(proc: subprocess.Popen[bytes], cgroups: _JobCgroups | None) -> Non
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# long-lived jobs (model processes)
+
+
+class SandboxProcess:
+    """A sandboxed job that stays up (a torch-runtime model process), started by
+    `start_in_sandbox`. Same confinement as `run_in_sandbox`, without a wall-clock deadline: the
+    caller bounds each exchange with the job and ends it with `close()`, which kills every
+    process of the job (through its cgroup and pid namespace) and removes its private files.
+    Not thread-safe; one owner."""
+
+    def __init__(self, *, proc: subprocess.Popen[bytes], cgroups: _JobCgroups, private: Path, log: Any,
+                 limits: SandboxLimits, isolation: str) -> None:
+        self._proc = proc
+        self._cgroups = cgroups
+        self._private = private
+        self._log = log
+        self.limits = limits
+        self.isolation = isolation
+        self.closed = False
+
+    @property
+    def pid(self) -> int:
+        """The launcher's pid (outside every namespace of the job)."""
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return not self.closed and self._proc.poll() is None
+
+    def job_pids(self) -> set[int]:
+        return self._cgroups.pids()
+
+    def memory_bytes(self) -> int | None:
+        """Resident memory of the whole job now (its memory cgroup), or None without one."""
+        path = self._cgroups.dirs.get("memory")
+        if path is None:
+            return None
+        try:
+            return int((path / "memory.usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def death_reason(self) -> str:
+        """Why the job ended, for people ("memory limit of 4096 MiB exceeded", "killed by signal
+        SIGSEGV", "exited with status 1"); call once it is dead."""
+        returncode = self._proc.poll()
+        if returncode is None:
+            return "still running"
+        if returncode < 0:
+            returncode = 128 - returncode
+        _, message = _classify(returncode=returncode, timed_out=False, limits=self.limits, cgroups=self._cgroups)
+        if message:
+            return message
+        return f"exited with status {returncode}"
+
+    def log_tail(self, limit: int = 4096) -> str:
+        try:
+            return _read_tail(self._log, limit)
+        except (OSError, ValueError):
+            return ""
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        _kill_job(self._proc, self._cgroups)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.error("sandbox: launcher %s did not exit", self._proc.pid)
+        self._cgroups.close()
+        self._log.close()
+        shutil.rmtree(self._private, ignore_errors=True)
+
+
+def start_in_sandbox(
+    *,
+    argv: Sequence[str],
+    scratch: Path,
+    limits: SandboxLimits,
+    allow_unsandboxed: bool = False,
+    env: Mapping[str, str] | None = None,
+    readable: Sequence[Path] = (),
+    pass_fds: Sequence[int] = (),
+    setup_timeout_s: float = 30.0,
+) -> SandboxProcess:
+    """Start `argv` confined as `run_in_sandbox` does and return at once (after the sandbox is set
+    up), leaving the job running. `pass_fds` are handed to the job under the same numbers (its
+    channels to the caller: socketpairs; it can create no unix socket itself). `limits.wall_seconds`
+    does not apply; `cpu_seconds` is the job's lifetime CPU budget.
+
+    Raises `SandboxUnavailable` / `SandboxError` like `run_in_sandbox`.
+    """
+    if not argv or not os.path.isabs(argv[0]):
+        raise ValueError("argv[0] must be an absolute path")
+    if not scratch.is_dir():
+        raise ValueError(f"scratch {scratch} is not a directory")
+    level, reason = _probe()
+    if level == "none" and not allow_unsandboxed:
+        raise SandboxUnavailable(f"cannot isolate untrusted code on this host ({reason})")
+    scratch = scratch.resolve()
+    namespaces = level == "namespaces"
+    argv = list(argv)
+    config = _job_config(argv=argv, scratch=scratch, limits=limits, namespaces=namespaces, env=dict(env or {}),
+                         expose=_expose_paths(argv[0], scratch, readable))
+    cgroups = _JobCgroups(limits)
+    config["cgroups"] = cgroups.procs_files()
+    private = Path(tempfile.mkdtemp(prefix="modelport-sbx-"))
+    status_r, status_w = os.pipe()
+    log = None
+    try:
+        newroot = private / "root"
+        newroot.mkdir()
+        config["newroot"] = str(newroot)
+        config_path = private / "config.json"
+        config_path.write_text(json.dumps(config))
+        log = tempfile.TemporaryFile(dir=private)  # noqa: SIM115 - lives as long as the job, closed by close()
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(_LAUNCHER), str(config_path), str(status_w)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(status_w, *pass_fds),
+            start_new_session=True,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        os.close(status_w)
+        status_w = -1
+        status = _read_status(status_r, setup_timeout_s)
+        if not status.startswith("ok"):
+            _kill_job(proc, cgroups)
+            proc.wait(timeout=10)
+            detail = status.removeprefix("error:").strip() or _read_tail(log, 1000).strip()
+            raise SandboxError(f"sandbox setup failed: {detail or 'no status'}")
+    except BaseException:
+        cgroups.close()
+        if log is not None:
+            log.close()
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    finally:
+        for fd in (status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
+    return SandboxProcess(proc=proc, cgroups=cgroups, private=private, log=log, limits=limits,
+                          isolation="namespaces" if namespaces else "none")
+
+
+def _read_status(fd: int, timeout_s: float) -> str:
+    """The launcher's one status line (it closes the pipe after writing it, or dies)."""
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    while b"\n" not in data and len(data) < 4096:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "error: sandbox setup did not finish in time"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()

@@ -131,3 +131,13 @@ def check_weights_name(filename: str) -> None:
             f"state_dict weights must be {', '.join(WEIGHT_SUFFIXES)}, not {filename[-100:]!r}",
             "unsupported file type",
         )
+
+
+def check_program_name(filename: str) -> None:
+    """An exported program is the .pt2 archive `torch.export.save` writes."""
+    if not filename.lower().endswith(".pt2"):
+        raise RuleError(
+            "artifact",
+            f"an exported program is the .pt2 file torch.export.save writes, not {filename[-100:]!r}",
+            "unsupported file type",
+        )

@@ -222,6 +222,8 @@ MODELPORT_HOST_MEMORY_BUDGET_MB = env_int("MODELPORT_HOST_MEMORY_BUDGET_MB", 409
 # wrk c=32, alternating runs): 4 threads 520/535 req/s, 8 483/468, 16 478/432, 2 405/437.
 MODELPORT_WEB_THREADS = env_int("MODELPORT_WEB_THREADS", min(32, max(4, 2 * (os.cpu_count() or 1))), minimum=1)
 MODELPORT_SESSION_THREADS = env_int("MODELPORT_SESSION_THREADS", 1, minimum=0)
+# Memory limit (its memory cgroup) of one torch-runtime model process; it counts against the budget.
+MODELPORT_TORCH_MEMORY_MB = env_int("MODELPORT_TORCH_MEMORY_MB", 2048, minimum=64)
 
 # --- Operations (modelport.ops) -------------------------------------------------------------------
 # /metrics on the web listener answers staff sessions, staff API keys and this bearer token

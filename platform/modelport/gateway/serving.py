@@ -40,10 +40,12 @@ from django.db import DatabaseError, IntegrityError, close_old_connections
 from modelport.common.logging import request_id_bound
 from modelport.gateway import authcache, dispatch, fastsql, services
 from modelport.ops import metrics
+from modelport.registry import services as registry_services
 from modelport.registry.models import ModelVersion
 from modelport.registry.storage import artifact_store
 from workers import wire
 from workers.runtime import LoadedModel, ModelCache
+from workers.torch_runtime import ModelCallError, ModelKeepsCrashing, TorchModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class VersionInfo:
     max_batch_size: int
     max_queue_delay_s: float
     batchable: bool
+    torch_spec: TorchModelSpec | None = None  # set for runtime "torch"
 
 
 @dataclass
@@ -114,10 +117,17 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _batchable(signature: dict[str, Any] | None) -> bool:
+def _batchable(signature: dict[str, Any] | None, runtime: str = "onnx") -> bool:
+    """Calls may be batched when every input and output has a dynamic batch axis. On the torch
+    runtime the outputs' other axes must be static too: a model whose output length depends on
+    the input's values (a decoder that stops at an end token) would pad a batch's outputs."""
     if not signature:
         return False
     tensors = signature.get("inputs", []) + signature.get("outputs", [])
+    if runtime == ModelVersion.Runtime.TORCH and any(
+        d is None for t in signature.get("outputs", []) for d in t["shape"][1:]
+    ):
+        return False
     return bool(tensors) and all(t["shape"] and t["shape"][0] is None for t in tensors)
 
 
@@ -127,6 +137,8 @@ class ServingLoop:
         self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=5,
                                           health_check_interval=30)
         self.cache = ModelCache(host_budget_bytes=settings.MODELPORT_HOST_MEMORY_BUDGET_MB * 1024 * 1024,
+                                torch_memory_bytes=settings.MODELPORT_TORCH_MEMORY_MB * 1024 * 1024,
+                                allow_unsandboxed=settings.MODELPORT_ALLOW_UNSANDBOXED,
                                 threads=settings.MODELPORT_SESSION_THREADS)
         self.versions: dict[int, VersionInfo] = {}
         self.stopping = threading.Event()
@@ -242,9 +254,10 @@ class ServingLoop:
     def _preload(self, version_id: int) -> None:
         try:
             info = self._version(version_id)
-            self.cache.get(str(version_id), info.path, device_limit_bytes=info.gpu_limit_bytes)
+            self.cache.get(str(version_id), info.path, device_limit_bytes=info.gpu_limit_bytes,
+                           torch_spec=info.torch_spec)
             log.info("placed version %s on %s", version_id, self.worker_id)
-        except (ModelVersion.DoesNotExist, OSError, RuntimeError, ValueError) as exc:
+        except (ModelVersion.DoesNotExist, OSError, RuntimeError, ValueError, ModelCallError) as exc:
             log.warning("could not place version %s: %s", version_id, exc)
 
     # --- serving ---------------------------------------------------------------------------
@@ -414,10 +427,18 @@ class ServingLoop:
         if info is None:
             version = ModelVersion.objects.get(pk=version_id)
             limit = version.gpu_memory_limit_mb * 1024 * 1024 if version.gpu_memory_limit_mb else None
-            info = VersionInfo(version_id, artifact_store().path(version.artifact_sha256), limit,
+            store = artifact_store()
+            info = VersionInfo(version_id, store.path(version.artifact_sha256), limit,
                                max_batch_size=version.max_batch_size,
                                max_queue_delay_s=version.max_queue_delay_ms / 1000.0,
-                               batchable=_batchable(version.signature))
+                               batchable=_batchable(version.signature, version.runtime))
+            if version.runtime == ModelVersion.Runtime.TORCH:
+                info.torch_spec = TorchModelSpec(
+                    fmt=version.format, artifact=store.path(version.upload_sha256),
+                    source=store.path(version.source_sha256) if version.source_sha256 else None,
+                    entrypoint=version.entrypoint, init_kwargs=version.init_kwargs or {},
+                    signature=version.signature or {"inputs": [], "outputs": []},
+                    artifact_suffix=Path(version.upload_filename).suffix)
             self.versions[version_id] = info
         return info
 
@@ -457,7 +478,8 @@ class ServingLoop:
         for version_id, group in by_version.items():
             try:
                 info = self._version(version_id)
-                model = self.cache.get(str(version_id), info.path, device_limit_bytes=info.gpu_limit_bytes)
+                model = self.cache.get(str(version_id), info.path, device_limit_bytes=info.gpu_limit_bytes,
+                                       torch_spec=info.torch_spec)
             except Exception as exc:  # any load failure is the platform's: fail uncharged, say why
                 log.exception("loading version %s failed", version_id)
                 for call in group:
@@ -498,9 +520,15 @@ class ServingLoop:
         else:
             names = [n for n, _ in batch[0].tensors]
             feeds = {n: np.concatenate([dict(c.tensors)[n] for c in batch], axis=0) for n in names}
+        # A torch-runtime call waits for its process at most until the batch's first deadline.
+        deadline = time.monotonic() + (min(c.header["deadline"] for c in batch) - time.time()) \
+            if model.runtime == ModelVersion.Runtime.TORCH else None
         t0 = time.perf_counter_ns()
         try:
-            outputs = model.run(feeds)
+            outputs = model.run(feeds, deadline)
+        except ModelCallError as exc:  # the torch runtime's faults: uncharged, with their code
+            self._model_fault(model, batch, exc)
+            return
         except Exception as exc:  # onnxruntime's errors are untyped; the caller gets the reason
             for call in batch:
                 self._fail(call, code="inference_error", message=f"the model failed on this input: {exc}",
@@ -529,6 +557,21 @@ class ServingLoop:
                                     started=started))
             else:
                 self._finish(call, compute_us=compute_us, share_us=share, batch_size=len(batch), started=started)
+
+    def _model_fault(self, model: LoadedModel, batch: list[Call], exc: ModelCallError) -> None:
+        """Fail the batch's calls (uncharged) with the fault's code: the model raised (500), its
+        process died or hung (503; restarted for the next call) or keeps crashing (the version
+        becomes failed with the reason and is unloaded)."""
+        message = str(exc)
+        if isinstance(exc, ModelKeepsCrashing):
+            version_id = batch[0].header["version_id"]
+            log.error("version %s keeps crashing: %s", version_id, message)
+            self.cache.evict(model.key)
+            self.versions.pop(version_id, None)
+            close_old_connections()
+            registry_services.version_break(version_id=version_id, code=exc.code, message=message)
+        for call in batch:
+            self._fail(call, code=exc.code, message=message, http_status=exc.http_status)
 
     def _finish(self, call: Call, *, compute_us: int, share_us: int, batch_size: int, started: float) -> None:
         with request_id_bound(call.header.get("request_id")):

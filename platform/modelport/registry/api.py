@@ -37,6 +37,8 @@ def version_data(version: ModelVersion, *, include_log: bool = False) -> dict[st
     data = {
         "version": version.number,
         "format": version.format,
+        "runtime": version.runtime if version.status == ModelVersion.Status.READY else None,
+        "requested_runtime": version.requested_runtime,
         "status": version.status,
         "error": version.error,
         "signature": version.signature,
@@ -90,6 +92,10 @@ class SignatureSerializer(serializers.Serializer):
 class VersionSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
+    runtime = serializers.ChoiceField(
+        choices=ModelVersion.Runtime.choices, allow_null=True,
+        help_text="what serves the version once ready: onnx (onnxruntime) or torch (PyTorch in the sandbox)")
+    requested_runtime = serializers.ChoiceField(choices=ModelVersion.RequestedRuntime.choices)
     status = serializers.ChoiceField(choices=ModelVersion.Status.choices)
     error = ErrorSerializer(allow_null=True)
     signature = SignatureSerializer(allow_null=True)
@@ -122,7 +128,8 @@ class OptionalFormText(serializers.CharField):
 class VersionUploadSerializer(serializers.Serializer):
     format = serializers.ChoiceField(choices=ModelVersion.Format.choices)
     artifact = UploadedFileField(
-        help_text=".onnx; a TorchScript archive; state_dict weights (.safetensors, .pt, .pth)")
+        help_text=".onnx; a TorchScript archive; state_dict weights (.safetensors, .pt, .pth); "
+                  "a torch.export program (.pt2)")
     source = UploadedFileField(required=False, help_text="Python source defining the network (state_dict only)")
     entrypoint = OptionalFormText(required=False,
                                   help_text="nn.Module subclass or factory in source (state_dict only), e.g. `Net`")
@@ -131,8 +138,13 @@ class VersionUploadSerializer(serializers.Serializer):
     inputs = OptionalFormText(
         required=False,
         help_text='JSON array [{"name", "dtype", "shape"}], e.g. `[{"name": "x", "dtype": "float32", '
-                  '"shape": [null, 784]}]`; required unless onnx')
+                  '"shape": [null, 784]}]`; required for state_dict and torchscript (onnx and '
+                  "exported_program carry their own)")
     outputs = OptionalFormText(required=False, help_text='JSON array of output names, e.g. `["y"]`')
+    runtime = serializers.ChoiceField(
+        choices=ModelVersion.RequestedRuntime.choices, required=False, default="auto",
+        help_text="auto (default): ONNX when the conversion is faithful, else PyTorch in the sandbox, with "
+                  "report.runtime_reason; onnx: refuse what does not convert; torch: skip the conversion")
 
 
 def _model_access(request: Request, owner: str, name: str, *, write: bool = False) -> Model:
@@ -239,6 +251,7 @@ class VersionListView(APIView):
             init_kwargs_raw=data.get("init_kwargs"),
             inputs_raw=data.get("inputs"),
             outputs_raw=data.get("outputs"),
+            runtime=str(data.get("runtime", "") or "auto"),
         )
         return Response(version_data(version), status=202)
 

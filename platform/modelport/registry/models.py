@@ -44,6 +44,16 @@ class ModelVersion(models.Model):
         ONNX = "onnx"
         TORCHSCRIPT = "torchscript"
         STATE_DICT = "state_dict"
+        EXPORTED_PROGRAM = "exported_program"
+
+    class Runtime(models.TextChoices):
+        ONNX = "onnx"
+        TORCH = "torch"
+
+    class RequestedRuntime(models.TextChoices):
+        AUTO = "auto"
+        ONNX = "onnx"
+        TORCH = "torch"
 
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
@@ -58,6 +68,12 @@ class ModelVersion(models.Model):
     init_kwargs = models.JSONField(default=dict, blank=True)
     declared_inputs = models.JSONField(null=True, blank=True)
     declared_outputs = models.JSONField(null=True, blank=True)
+    requested_runtime = models.CharField(
+        max_length=8, choices=RequestedRuntime.choices, default=RequestedRuntime.AUTO,
+        help_text="auto: ONNX when the conversion is faithful, else PyTorch in the sandbox",
+    )
+    runtime = models.CharField(max_length=8, choices=Runtime.choices, default=Runtime.ONNX,
+                               help_text="what serves the version (decided by validation)")
     # What validation/conversion produced: the served ONNX artifact and its signature.
     artifact_sha256 = models.CharField(max_length=64, blank=True)
     signature = models.JSONField(null=True, blank=True)

@@ -103,6 +103,28 @@ REPORT_FIELDS: dict[str, tuple[str, str]] = {
     "sample_shapes": ("Sample input shapes", "shapes of the generated inputs the validator ran"),
     "parity_input_shapes": ("Parity input shapes", "input shapes the parity check compared at"),
     "export_attempts": ("Export attempts", "each exporter tried, and why it was not used"),
+    "runtime": ("Runtime", "what serves the version: onnx (onnxruntime) or torch (PyTorch in a sandboxed process)"),
+    "runtime_reason": (
+        "Why the PyTorch runtime",
+        "why the version is not served from ONNX: the export was not faithful, failed parity or failed",
+    ),
+    "torch_latency_ms_p50": (
+        "PyTorch latency p50 (ms, the model alone)",
+        "eager PyTorch's own time for one run on the export sample, in the sandboxed validation job",
+    ),
+    "parity_input_sets": (
+        "Parity input sets",
+        "the input sets the outputs were compared on: three sizes of every dynamic axis, and positive, "
+        "negative, zero, large and edge values",
+    ),
+    "parity_value_sets_max_rel_error": (
+        "Parity: max relative error on the value sets",
+        "the largest relative difference on the positive, negative, zero, large-magnitude and edge-value inputs",
+    ),
+    "parity_sets_skipped": (
+        "Parity sets skipped",
+        "value sets the model itself refused in PyTorch (so they could not be compared), with its error",
+    ),
 }
 
 

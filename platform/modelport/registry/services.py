@@ -117,10 +117,20 @@ def parse_tensor_specs(raw: str | None, *, fmt: str = ModelVersion.Format.STATE_
 
 def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, source: Upload | None,
                          entrypoint: str, init_kwargs_raw: str | None, inputs_raw: str | None,
-                         outputs_raw: str | None) -> ModelVersion:
-    """Store the uploaded files and queue the version for validation (after commit)."""
+                         outputs_raw: str | None, runtime: str = "auto") -> ModelVersion:
+    """Store the uploaded files and queue the version for validation (after commit).
+
+    `runtime`: auto | onnx | torch (see ModelVersion.RequestedRuntime); ONNX uploads run on
+    onnxruntime only."""
     if fmt not in ModelVersion.Format.values:
         raise Problem(400, f"format must be one of {', '.join(ModelVersion.Format.values)}", errors={"format": [fmt]})
+    runtime = runtime or ModelVersion.RequestedRuntime.AUTO
+    if runtime not in ModelVersion.RequestedRuntime.values:
+        raise Problem(400, f"runtime must be one of {', '.join(ModelVersion.RequestedRuntime.values)}",
+                      errors={"runtime": [runtime]})
+    if fmt == ModelVersion.Format.ONNX and runtime == ModelVersion.RequestedRuntime.TORCH:
+        raise Problem(400, "an ONNX upload is served by onnxruntime; runtime torch needs a PyTorch format",
+                      errors={"runtime": [runtime]})
     if artifact is None:
         raise Problem(400, "artifact (the model file) is required", errors={"artifact": ["required"]})
     inputs = parse_tensor_specs(inputs_raw, fmt=fmt)
@@ -134,6 +144,8 @@ def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, sou
                 raise upload_rules.RuleError("source", "format state_dict needs the source file", "required")
             upload_rules.check_entrypoint(entrypoint)
             upload_rules.check_weights_name(artifact.name)
+        if fmt == ModelVersion.Format.EXPORTED_PROGRAM:
+            upload_rules.check_program_name(artifact.name)
     except upload_rules.RuleError as exc:
         raise _rule_problem(exc) from None
     if fmt in (ModelVersion.Format.STATE_DICT, ModelVersion.Format.TORCHSCRIPT) and inputs is None:
@@ -157,6 +169,7 @@ def model_version_create(*, model: Model, fmt: str, artifact: Upload | None, sou
                 upload_filename=artifact.name[:255], source_sha256=source_digest,
                 source_filename=source.name[-255:] if source is not None else "", entrypoint=entrypoint,
                 init_kwargs=init_kwargs, declared_inputs=inputs, declared_outputs=outputs,
+                requested_runtime=runtime,
             )
             transaction.on_commit(lambda: _enqueue_processing(version.pk))
     except (kombu.exceptions.OperationalError, redis.RedisError) as exc:
@@ -259,6 +272,18 @@ def version_fail(*, version_id: int, code: str, message: str, log: str = "", rep
     if report is not None:
         extra["report"] = report
     return version_transition(version_id=version_id, to=ModelVersion.Status.FAILED, **extra)
+
+
+def version_break(*, version_id: int, code: str, message: str) -> bool:
+    """A ready version that cannot be served (its model process keeps crashing) becomes failed
+    with the reason; calls stop resolving to it. False when it was not ready."""
+    moved = ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.READY).update(
+        status=ModelVersion.Status.FAILED, error={"code": code, "message": message[:4000]})
+    if moved:
+        from modelport.gateway import authcache
+
+        authcache.invalidate_on_commit()
+    return bool(moved)
 
 
 def versions_reap(*, older_than_s: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import current_app, shared_task
 from celery.signals import worker_ready
@@ -14,6 +15,9 @@ from modelport.registry import services
 from modelport.registry.models import ModelVersion
 from modelport.registry.storage import artifact_store
 from workers.onnx_validate import validate_in_subprocess
+
+if TYPE_CHECKING:
+    from workers.convert import ConversionResult
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,10 @@ def model_version_process(version_id: int) -> None:
             converted = _convert(version, work)
             if converted is None:
                 return
-            onnx_path, report, conversion_log = converted
+            if converted.runtime == "torch":
+                _ready_on_torch(version, converted)
+                return
+            onnx_path, report, conversion_log = converted.onnx_path, converted.report, converted.log
         data_files: list[Path] = []
         if version.format != ModelVersion.Format.ONNX:
             # A converted model over the external-data threshold keeps its tensors beside it;
@@ -87,8 +94,17 @@ def _declared_mismatch(declared: list[dict], actual: list[dict]) -> str | None:
     return None
 
 
-def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None:
-    """Convert a PyTorch upload inside the sandbox; on failure mark the version failed."""
+def _ready_on_torch(version: ModelVersion, result: ConversionResult) -> None:
+    """The version is served by PyTorch itself (in the sandbox), from the upload as it is."""
+    services.version_transition(
+        version_id=version.pk, to=ModelVersion.Status.READY, runtime=ModelVersion.Runtime.TORCH,
+        artifact_sha256=version.upload_sha256, signature=result.signature,
+        report={"parity_max_abs_error": None, **result.report}, log=result.log[-20000:], error=None)
+
+
+def _convert(version: ModelVersion, work: Path) -> ConversionResult | None:
+    """Convert a PyTorch upload inside the sandbox; on failure mark the version failed (None).
+    The result's `onnx_path` is in `work`; with runtime "torch" there is none."""
     from workers import convert  # imports torch (in the sandbox child); only conversion workers run it
     from workers.sandbox import SandboxError, SandboxLimits, SandboxUnavailable
 
@@ -103,6 +119,7 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
             fmt=version.format, artifact=artifact, source=source, entrypoint=version.entrypoint or None,
             init_kwargs=version.init_kwargs or {}, inputs=version.declared_inputs or [], work_dir=out_dir,
             allow_unsandboxed=settings.MODELPORT_ALLOW_UNSANDBOXED, output_names=version.declared_outputs or None,
+            runtime=version.requested_runtime,
             source_name=version.source_filename or None,
             external_data_over_bytes=settings.MODELPORT_ONNX_EXTERNAL_DATA_OVER_BYTES,
             limits=SandboxLimits(wall_seconds=float(settings.MODELPORT_VALIDATION_TIMEOUT_S),
@@ -116,13 +133,15 @@ def _convert(version: ModelVersion, work: Path) -> tuple[Path, dict, str] | None
         services.version_fail(version_id=version.pk, code="sandbox_error",
                               message=f"the conversion sandbox failed to start (a platform fault): {exc}")
         return None
+    if result.ok and result.runtime == "torch":
+        return result
     if not result.ok or result.onnx_path is None:
         services.version_fail(version_id=version.pk, code=result.error_code or "conversion_failed",
                               message=result.error_message or "conversion failed", log=result.log,
                               report=result.report)
         return None
     # model.onnx stays in out_dir, beside its external data files if it has any.
-    return result.onnx_path, result.report, result.log
+    return result
 
 
 @shared_task(ignore_result=True)
