@@ -3,6 +3,7 @@ worker no thread is held (the wait is an awaited BLPOP on the reply list)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -140,10 +141,11 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     idem = request.META.get("HTTP_IDEMPOTENCY_KEY")
     if idem is not None and not (0 < len(idem) <= 200):
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
+    fingerprint = request_fingerprint(request.path, body) if idem else ""
     wait = prefer_wait(request.META.get("HTTP_PREFER"))
     admission = services.prediction_admit(
         user=user, api_key=api_key, version=version, protocol="native", deadline_s=deadline_s,
-        idempotency_key=idem, request_id=current_request_id(),
+        idempotency_key=idem, idempotency_fingerprint=fingerprint, request_id=current_request_id(),
         webhook=webhook, webhook_events=events,
         # Deferred only when the caller waits out the whole deadline: a shorter wait answers 202
         # with a prediction that must already exist.
@@ -151,6 +153,12 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None
     return admission, arrays, data, wait
+
+
+def request_fingerprint(path: str, body: dict[str, Any]) -> str:
+    """sha256 of a call's path and body (keys sorted, so key order and whitespace do not count):
+    what an Idempotency-Key is bound to."""
+    return hashlib.sha256(path.encode() + b"\0" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass

@@ -175,7 +175,8 @@ _resolved_objects: dict[int, tuple[list[Any], Any, tuple[Any, ApiKey, ModelVersi
 
 
 def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
-                     idempotency_key: str | None = None, request_id: str = "", webhook: str = "",
+                     idempotency_key: str | None = None, idempotency_fingerprint: str = "", request_id: str = "",
+                     webhook: str = "",
                      webhook_events: list[str] | None = None, defer: bool = False,
                      local_only: bool = False) -> Admission:
     """Create a prediction and hold its maximum price. Raises Problem(402) when not covered.
@@ -188,14 +189,17 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
     web process's CPU per call, and one statement per popped group costs PostgreSQL far less.
 
     `local_only`: a deferred admission from process caches alone, without any I/O (NeedsIO
-    when that is not possible); the queue bound is then the caller's to check."""
+    when that is not possible); the queue bound is then the caller's to check.
+
+    An `idempotency_key` already used returns that call (`existing`) if it was made with the
+    same request (`idempotency_fingerprint`, api.request_fingerprint), else Problem(422)."""
     if local_only:
         return _admit_local(user=user, api_key=api_key, version=version, protocol=protocol, deadline_s=deadline_s,
                             request_id=request_id, defer=defer and not idempotency_key and not webhook)
     if idempotency_key:
         existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return Admission(prediction=existing, version=existing.version, existing=True)
+            return _replayed(existing, idempotency_key=idempotency_key, fingerprint=idempotency_fingerprint)
     queue_admit(version=version)
     model = version.model
     royalty = model.royalty_per_call if model.owner_id != user.pk else 0
@@ -208,7 +212,8 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
         "user": user, "account_id": account_id, "api_key": api_key, "version": version, "protocol": protocol,
         "quote": {"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
                   "royalty": quote.royalty, "owner_id": model.owner_id},
-        "hold_amount": hold, "idempotency_key": idempotency_key or None, "request_id": request_id,
+        "hold_amount": hold, "idempotency_key": idempotency_key or None,
+        "idempotency_fingerprint": idempotency_fingerprint if idempotency_key else "", "request_id": request_id,
         "deadline_at": now + timedelta(seconds=deadline_s), "webhook": webhook,
         "webhook_events": webhook_events or [],
     }
@@ -239,9 +244,19 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
         if not idempotency_key:
             raise
         existing = Prediction.objects.get(user=user, idempotency_key=idempotency_key)
-        return Admission(prediction=existing, version=existing.version, existing=True)
+        return _replayed(existing, idempotency_key=idempotency_key, fingerprint=idempotency_fingerprint)
     prediction.version = version
     return Admission(prediction=prediction, version=version)
+
+
+def _replayed(existing: Prediction, *, idempotency_key: str, fingerprint: str) -> Admission:
+    """The call an Idempotency-Key was first used for, or 422 when this request is another one
+    (rows from before fingerprints were stored have none and replay as before)."""
+    if existing.idempotency_fingerprint and fingerprint and existing.idempotency_fingerprint != fingerprint:
+        raise Problem(422, f"Idempotency-Key {idempotency_key[:60]!r} was already used with a different request "
+                           f"(prediction {existing.id}); use a new key for a new request",
+                      prediction_id=existing.id)
+    return Admission(prediction=existing, version=existing.version, existing=True)
 
 
 def _admit_local(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,

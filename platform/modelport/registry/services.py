@@ -58,8 +58,9 @@ def _parse_json_field(name: str, raw: str | None, kind: type) -> Any:
         return None
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Problem(400, f"{name} is not valid JSON: {exc}", errors={name: [str(exc)]}) from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply for the parser
+        message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise Problem(400, f"{name} is not valid JSON: {message}", errors={name: [message]}) from None
     if not isinstance(value, kind):
         raise Problem(400, f"{name} must be a JSON {kind.__name__}", errors={name: [f"expected {kind.__name__}"]})
     return value
