@@ -13,6 +13,9 @@ class CreditAccount(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credit_account")
     balance = models.BigIntegerField(default=0)
+    # The most one call may cost (its worst case: base + royalty + compute over its deadline),
+    # unless the call names its own with `Modelport-Max-Price`; NULL: no limit.
+    max_price = models.BigIntegerField(null=True, blank=True, help_text="µc; calls that may cost more are refused")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

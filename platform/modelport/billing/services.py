@@ -69,6 +69,19 @@ def account_for(*, user: AbstractBaseUser) -> CreditAccount:
     return account if account is not None else account_open(user=user)
 
 
+def account_set_max_price(*, user: AbstractBaseUser, max_price: int | None) -> CreditAccount:
+    """Set the account's default maximum price per call (µc; None: no limit). Calls read it
+    from their resolution row, so a new resolution generation is set after commit."""
+    from modelport.gateway import authcache
+
+    account = account_for(user=user)
+    with transaction.atomic():
+        CreditAccount.objects.filter(pk=account.pk).update(max_price=max_price)
+        authcache.invalidate_on_commit()
+    account.max_price = max_price
+    return account
+
+
 PRICE_CACHE_S = 2.0
 _price_cache: dict[str, tuple[float, int, int]] = {}
 

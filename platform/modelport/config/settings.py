@@ -178,6 +178,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
 
 MODELPORT_SIGNUP_CREDITS = env_int("MODELPORT_SIGNUP_CREDITS", 50_000, minimum=0)
+# What a public model's owner may ask per call of others, and how long callers are given before
+# an increase applies (decreases apply at once); both shown in the model's metadata.
+MODELPORT_MAX_ROYALTY_CREDITS = env_int("MODELPORT_MAX_ROYALTY_CREDITS", 100, minimum=0)
+MODELPORT_ROYALTY_NOTICE_S = env_float("MODELPORT_ROYALTY_NOTICE_S", 86_400.0, minimum=0.0)
 # Default and maximum time a call may wait for a worker plus run, in seconds.
 MODELPORT_CALL_DEADLINE_S = env_float("MODELPORT_CALL_DEADLINE_S", 30.0, minimum=0.1)
 # A worker whose heartbeat is older than this is not routed to.

@@ -286,9 +286,11 @@ RESOLVE = """
 SELECT k.id, k.prefix, k.rate_limit, k.daily_cap, k.last_used_at,
        u.id, u.username, u.is_staff,
        m.id, m.owner_id, m.visibility, m.royalty_per_call, m.default_version_id,
-       v.id, v.number, v.status, v.disabled, v.signature, v.max_queue, v.artifact_sha256, v.max_batch_size
+       v.id, v.number, v.status, v.disabled, v.signature, v.max_queue, v.artifact_sha256, v.max_batch_size,
+       m.royalty_pending, m.royalty_pending_at, ca.max_price
 FROM accounts_apikey k
 JOIN auth_user u ON u.id = k.user_id AND u.is_active
+LEFT JOIN billing_creditaccount ca ON ca.user_id = u.id
 LEFT JOIN auth_user o ON o.username = %(owner)s
 LEFT JOIN registry_model m ON m.owner_id = o.id AND m.name = %(name)s
 LEFT JOIN LATERAL (

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,8 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
         raise NeedsIO("not in this process's resolution cache")
     generation, row = hit
     (key_id, prefix, rate_limit, daily_cap, last_used, user_id, username, is_staff, model_id, owner_id, visibility,
-     royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch) = row
+     royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch,
+     royalty_pending, royalty_pending_at, max_price) = row
     now = timezone.now()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         if counted is None:
@@ -145,6 +147,7 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
         if memo is not None and memo[0] is row and memo[1] == generation:
             return memo[2]
     user = get_user_model()(id=user_id, username=username, is_staff=is_staff, is_active=True)
+    user.account_max_price = max_price  # read by call_max_price without a query
     api_key = ApiKey(id=key_id, user_id=user_id, prefix=prefix, rate_limit=rate_limit, daily_cap=daily_cap,
                      last_used_at=last_used)
     api_key.user = user
@@ -152,7 +155,8 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
         ratelimit.rate_limit_check(counted[0], counted[1], api_key=api_key)
         api_key.rate_counted = True
     model = Model(id=model_id, owner_id=owner_id, name=name, visibility=visibility, royalty_per_call=royalty,
-                  default_version_id=default_id)
+                  default_version_id=default_id, royalty_pending=royalty_pending,
+                  royalty_pending_at=royalty_pending_at)
     version = ModelVersion(id=version_id, model_id=model_id, number=v_number, status=v_status, disabled=v_disabled,
                            signature=signature if isinstance(signature, dict) else json.loads(signature),
                            max_queue=max_queue, artifact_sha256=artifact, max_batch_size=max_batch)
@@ -178,7 +182,7 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
                      idempotency_key: str | None = None, idempotency_fingerprint: str = "", request_id: str = "",
                      webhook: str = "",
                      webhook_events: list[str] | None = None, defer: bool = False,
-                     local_only: bool = False) -> Admission:
+                     local_only: bool = False, max_price: int | None = None) -> Admission:
     """Create a prediction and hold its maximum price. Raises Problem(402) when not covered.
 
     With `defer` (the caller waits for the result until the call's deadline), a plain call —
@@ -192,22 +196,28 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
     when that is not possible); the queue bound is then the caller's to check.
 
     An `idempotency_key` already used returns that call (`existing`) if it was made with the
-    same request (`idempotency_fingerprint`, api.request_fingerprint), else Problem(422)."""
+    same request (`idempotency_fingerprint`, api.request_fingerprint), else Problem(422).
+
+    `max_price` (µc, the caller's Modelport-Max-Price; None: the account's default, if any): a
+    call whose worst case (its hold: base + royalty + compute over the deadline) exceeds it is
+    refused with 412 before anything is held or sent (see price_check)."""
     if local_only:
         return _admit_local(user=user, api_key=api_key, version=version, protocol=protocol, deadline_s=deadline_s,
-                            request_id=request_id, defer=defer and not idempotency_key and not webhook)
+                            request_id=request_id, defer=defer and not idempotency_key and not webhook,
+                            max_price=max_price)
     if idempotency_key:
         existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _replayed(existing, idempotency_key=idempotency_key, fingerprint=idempotency_fingerprint)
     queue_admit(version=version)
     model = version.model
-    royalty = model.royalty_per_call if model.owner_id != user.pk else 0
+    now = timezone.now()
+    royalty = registry.royalty_at(model, now) if model.owner_id != user.pk else 0
     quote = billing.quote_for(hardware="cpu", royalty=royalty)
     metering = not settings.MODELPORT_BENCH_DISABLE_METERING
     hold = quote.max_price(deadline_s) if metering else 0
+    price_check(hold, max_price if max_price is not None else account_max_price(user))
     account_id = _account_id(user.pk)
-    now = timezone.now()
     fields = {
         "user": user, "account_id": account_id, "api_key": api_key, "version": version, "protocol": protocol,
         "quote": {"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
@@ -260,24 +270,66 @@ def _replayed(existing: Prediction, *, idempotency_key: str, fingerprint: str) -
 
 
 def _admit_local(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
-                 request_id: str, defer: bool) -> Admission:
+                 request_id: str, defer: bool, max_price: int | None) -> Admission:
     model = version.model
-    royalty = model.royalty_per_call if model.owner_id != user.pk else 0
+    now = timezone.now()
+    royalty = registry.royalty_at(model, now) if model.owner_id != user.pk else 0
     quote = billing.quote_cached(hardware="cpu", royalty=royalty)
     account_id = _account_ids.get(user.pk)
     capped = api_key is not None and api_key.daily_cap is not None
     if not defer or royalty or capped or quote is None or account_id is None or not fastsql.available():
         raise NeedsIO("this admission is written by the web or needs uncached facts")
-    now = timezone.now()
+    hold = 0 if settings.MODELPORT_BENCH_DISABLE_METERING else quote.max_price(deadline_s)
+    limit = max_price if max_price is not None else user.account_max_price
+    if limit is not None:
+        price_check(hold, limit)
     prediction, row = fastsql.new_prediction({
         "user_id": user.pk, "account_id": account_id, "api_key_id": api_key.pk if api_key is not None else None,
         "version_id": version.pk, "protocol": protocol,
         "quote": {"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second, "royalty": 0,
                   "owner_id": model.owner_id},
-        "hold_amount": 0 if settings.MODELPORT_BENCH_DISABLE_METERING else quote.max_price(deadline_s),
-        "request_id": request_id, "deadline_at": now + timedelta(seconds=deadline_s), "created_at": now,
+        "hold_amount": hold, "request_id": request_id, "deadline_at": now + timedelta(seconds=deadline_s),
+        "created_at": now,
     }, related={"user": user, "api_key": api_key, "version": version})
     return Admission(prediction=prediction, version=version, deferred_row=row)
+
+
+def price_check(worst: int, limit: int | None) -> None:
+    """412 when a call's worst-case price `worst` (µc: its hold) exceeds the caller's maximum
+    price `limit` (µc; None: no limit). Nothing is held, sent or charged for a refused call."""
+    if limit is not None and worst > limit:
+        raise Problem(412, f"this call may cost up to {billing.format_credits(worst)} credits (base + royalty + "
+                           f"compute over its deadline), above the maximum price of "
+                           f"{billing.format_credits(limit)} credits; nothing was charged. Raise the maximum "
+                           f"(Modelport-Max-Price, or the account's max_price) or shorten the deadline "
+                           f"(Modelport-Deadline-Ms)", code="max_price_exceeded",
+                      price_up_to=worst / billing.MICRO, max_price=limit / billing.MICRO)
+
+
+_NO_DEFAULT = object()
+
+
+def account_max_price(user: Any) -> int | None:
+    """The account's default maximum price per call (µc; None: none): from the resolution row
+    when the user was built from one, else read."""
+    cached = getattr(user, "account_max_price", _NO_DEFAULT)
+    if cached is not _NO_DEFAULT:
+        return cached  # type: ignore[return-value]
+    return CreditAccount.objects.filter(user_id=user.pk).values_list("max_price", flat=True).first()
+
+
+def max_price_header(raw: str | None) -> int | None:
+    """`Modelport-Max-Price` (credits, a decimal number ≥ 0) in µc; None when absent; 400 when
+    malformed."""
+    if raw is None:
+        return None
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value < 0 or value > 10**12:
+        raise Problem(400, f"Modelport-Max-Price must be a number of credits (0 or more), not {raw[:40]!r}")
+    return int(value * billing.MICRO)
 
 
 def insufficient_credits(*, balance: int, required: int) -> Problem:

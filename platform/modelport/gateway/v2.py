@@ -138,9 +138,10 @@ def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None,
             if out.name not in known:
                 raise Problem(400, f"unknown output '{out.name}'")
     deadline_s = services.call_deadline_s(_timeout_ms(parsed.parameters))
+    max_price = services.max_price_header(request.META.get("HTTP_MODELPORT_MAX_PRICE"))
     admission = services.prediction_admit(user=user, api_key=api_key, version=version, protocol="v2",
-                                          deadline_s=deadline_s,
-                                          request_id=current_request_id(), defer=True, local_only=local_only)
+                                          deadline_s=deadline_s, request_id=current_request_id(), defer=True,
+                                          local_only=local_only, max_price=max_price)
     return admission, arrays, parsed
 
 

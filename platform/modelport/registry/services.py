@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import IO, Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from modelport.billing.models import MICRO
 from modelport.common.problems import Problem
+from modelport.registry import selectors
 from modelport.registry.models import Model, ModelVersion
 from modelport.registry.storage import artifact_store
 from workers.signature import SUPPORTED_DTYPES
@@ -50,6 +54,28 @@ def model_set_default(*, model: Model, number: int) -> Model:
         raise Problem(409, f"version {number} is {version.status}; only a ready version can be the default")
     model.default_version = version
     model.save(update_fields=["default_version"])
+    return model
+
+
+def model_set_royalty(*, model: Model, royalty: int, now: datetime | None = None) -> Model:
+    """Set what other callers pay the owner per call (µc), at most MODELPORT_MAX_ROYALTY_CREDITS
+    (400 above). A decrease (or no change) applies at once and cancels any pending increase; an
+    increase applies MODELPORT_ROYALTY_NOTICE_S from now (a later increase starts its notice
+    again), so no caller pays a price they could not have seen — unless nobody but the owner has
+    ever called the model (there is no caller to give notice to). Saving the model sets a new
+    resolution generation (signals), so calls see the change at once."""
+    ceiling = settings.MODELPORT_MAX_ROYALTY_CREDITS * MICRO
+    if royalty > ceiling:
+        raise Problem(400, f"royalty may be at most {settings.MODELPORT_MAX_ROYALTY_CREDITS} credits per call",
+                      errors={"royalty": [f"at most {settings.MODELPORT_MAX_ROYALTY_CREDITS}"]})
+    now = now or timezone.now()
+    current = selectors.royalty_at(model, now)
+    notice = timedelta(seconds=settings.MODELPORT_ROYALTY_NOTICE_S)
+    if royalty <= current or not notice or not selectors.model_called_by_others(model=model):
+        model.royalty_per_call, model.royalty_pending, model.royalty_pending_at = royalty, None, None
+    else:
+        model.royalty_per_call, model.royalty_pending, model.royalty_pending_at = current, royalty, now + notice
+    model.save(update_fields=["royalty_per_call", "royalty_pending", "royalty_pending_at"])
     return model
 
 
