@@ -481,12 +481,24 @@ def outputs_expire() -> int:
     return Prediction.objects.filter(completed_at__lt=cutoff, output__isnull=False).update(output=None)
 
 
+# A reserve (billing.PostpaidReserve) of a worker not heartbeating that no statement touched for
+# this long is returned by the reaper (a live worker returns its own after RESERVE_IDLE_S).
+RESERVE_ABANDONED_S = 120.0
+
+
 def predictions_reap(*, grace_s: float = 5.0) -> int:
     """Record the answered calls of serving workers' journals that their worker did not record
     (it died between the reply and the statement), then fail calls whose deadline passed
     without a result (lost worker, lost message, dead web process) and release their holds.
     Returns how many calls it recorded or failed. Safe to run concurrently with anything."""
     reaped = len(served_journals_replay())
+    try:
+        live = {w["id"] for w in dispatch.live_workers(dispatch.sync_redis().hgetall(dispatch.workers_key()))
+                if not w["stale"]}
+    except redis.RedisError:
+        live = None  # who is alive is unknown: no reserve is returned this time
+    if live is not None:
+        billing.reserves_release_abandoned(live_workers=live, idle_s=RESERVE_ABANDONED_S)
     cutoff = timezone.now() - timedelta(seconds=grace_s)
     ids = list(Prediction.objects.filter(
         status__in=[Prediction.Status.STARTING, Prediction.Status.PROCESSING], deadline_at__lt=cutoff,
@@ -498,35 +510,58 @@ def predictions_reap(*, grace_s: float = 5.0) -> int:
 
 
 def predictions_record_served(*, rows: list[dict[str, Any]], balances: dict[int, int]) -> tuple[set[str], set[int]]:
-    """Record postpaid calls that a worker served and answered (fastsql.RECORD_MANY rows, each
-    `charged` its price): admitted and settled in one statement per group, charged as answered.
-    Idempotent: a row whose id exists (recorded before, or failed by the web at its deadline,
-    which then answered 503 and never read the worker's reply) is left as it is. A call whose
-    account no longer covers its charge (drained by other workers within the worker's balance
-    view) is recorded succeeded and uncharged: it was answered, and the balance never goes
-    below zero. Returns (ids recorded now, accounts that ran dry); the accounts' balances after
-    the statement go into `balances`."""
-    def record(group: list[dict[str, Any]]) -> set[str]:
+    """Record postpaid calls that a worker served and answered (RECORD_MANY's rows, each
+    `charged` its price, `worker` the worker that answered it): admitted and settled in one
+    statement per group, charged as answered. A charged call's price is drawn from its
+    worker's reserve of the account (fastsql.RECORD_RESERVED: holds cannot touch it, so other
+    calls draining the account between the answer and this recording cannot make it free);
+    uncharged rows (metering off) need none. Idempotent: a row whose id exists (recorded before,
+    or failed by the web at its deadline, which then answered 503 and never read the worker's
+    reply) is left as it is.
+
+    Should a reserve not cover its rows (released by the reaper as the worker's, or an
+    operator's adjustment took the balance below it), they are charged from the balance
+    (RECORD_MANY), and where that no longer covers them recorded succeeded and uncharged, with
+    a warning: the balance never goes below zero. Returns (ids recorded now, accounts whose rows
+    were not all drawn from a reserve); the accounts' balances after the statements go into
+    `balances`."""
+    def record(group: list[dict[str, Any]], statement: Any) -> set[str]:
         try:
-            return set(fastsql.record_many(group, balances=balances))
+            return set(statement(group))
         except IntegrityError:  # raced the web's abandon() or a journal replay: go call by call
             return set()
 
-    recorded = record(rows)
-    if len(rows) > 1:  # the group as a whole was refused or raced: what fits, call by call
-        for row in rows:
-            if row["id"] not in recorded:
-                recorded |= record([row])
-    missing = {row["id"]: row for row in rows if row["id"] not in recorded}
+    def each(group: list[dict[str, Any]], statement: Any) -> set[str]:
+        done = record(group, statement) if group else set()
+        if len(group) > 1:  # the group as a whole was refused or raced: what fits, call by call
+            for row in group:
+                if row["id"] not in done:
+                    done |= record([row], statement)
+        return done
+
+    def reserved(group: list[dict[str, Any]]) -> dict[str, int]:
+        return fastsql.record_reserved(group, worker=group[0]["worker"], balances=balances)
+
+    def plain(group: list[dict[str, Any]]) -> dict[str, int]:
+        return fastsql.record_many(group, balances=balances)
+
+    recorded: set[str] = set()
+    for worker in {row["worker"] for row in rows if row["charged"]}:  # one worker's reserve per statement
+        recorded |= each([row for row in rows if row["charged"] and row["worker"] == worker], reserved)
+    pending = [row for row in rows if row["id"] not in recorded]
+    recorded |= each(pending, plain)
+    dry = {int(row["account_id"]) for row in pending if row["charged"] and row["id"] in recorded}
+    if dry:
+        log.warning("answered calls of accounts %s were charged outside their worker's reserve", sorted(dry))
+    missing = {row["id"]: row for row in pending if row["id"] not in recorded}
     if missing:
         existing = set(Prediction.objects.filter(pk__in=list(missing)).values_list("pk", flat=True))
         missing = {pid: row for pid, row in missing.items() if pid not in existing}
-    dry = set()
     for pid, row in missing.items():
         log.warning("call %s was answered but its account no longer covers %s µc: recorded uncharged",
                     pid, row["charged"])
         dry.add(int(row["account_id"]))
-        recorded |= record([{**row, "charged": 0, "hold_amount": 0}])
+        recorded |= record([{**row, "charged": 0, "hold_amount": 0}], plain)
     return recorded, dry
 
 
