@@ -457,7 +457,7 @@ class ServingLoop:
         if self.unrecorded:
             return  # their recordings draw on the reserves
         now = time.monotonic()
-        for account_id in [a for a, amount in self.reserve.items() if amount]:
+        for account_id in list(self.reserve):  # a view reset to 0 may still have a row to return
             if self.exposure.get(account_id, 0) or now - self.reserve_used.get(account_id, 0.0) < idle_s:
                 continue
             try:
