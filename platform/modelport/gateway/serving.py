@@ -52,7 +52,7 @@ GROUP_MAX = 16  # calls popped at once from one list (admitted and settled in on
 FLUSH_S = 0.005  # within a popped group, settle and reply at least this often (long-running models)
 # Postpaid admission: a deferred call whose account this worker saw, within BALANCE_VIEW_S, with
 # at least POSTPAID_HEADROOM times the holds of its popped group runs without a prior admission
-# statement; it is admitted and settled in one statement after the run (fastsql.RECORD_MANY).
+# statement; it is admitted and settled in one statement after the run (fastsql.RECORD_RESERVED).
 POSTPAID_HEADROOM = 64
 BALANCE_VIEW_S = 2.0
 # A postpaid call's charge is committed before its answer leaves: the worker first keeps part of
