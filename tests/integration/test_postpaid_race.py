@@ -108,3 +108,56 @@ def test_answered_charges_are_committed_while_other_holds_drain_the_account(user
         assert time.monotonic() < deadline, "the reserve was not returned"
         time.sleep(0.5)
     assert ledger_drift(account=CreditAccount.objects.get(user__username="drained")) == 0
+
+
+def test_holds_leave_a_workers_reserve_and_it_goes_back(user_api, live, tmp_path):
+    """The reserve's rules (billing services): a reserve is taken only from what is not reserved
+    already; no hold — the web's, a worker's group admission, the ORM path — takes the balance
+    below the reserves (402, its `balance` what holds may take); a returned reserve (by its
+    worker, or by the reaper for a worker that stopped) frees the balance again. No ledger
+    entry: the balance itself never moves."""
+    from modelport.accounts.models import ApiKey
+    from modelport.billing.models import CreditAccount, LedgerEntry, PostpaidReserve
+    from modelport.billing.services import reserve_release, reserve_top_up, reserves_release_abandoned
+
+    api = user_api("reserving", credits=100)
+    _ready(api, "fast", tmp_path)
+    account = CreditAccount.objects.get(user__username="reserving")
+    entries = LedgerEntry.objects.filter(account=account).count()
+    assert reserve_top_up(account_id=account.pk, worker="w:1", amount=60_000_000)
+    assert not reserve_top_up(account_id=account.pk, worker="w:2", amount=50_000_000)  # 40 left
+    assert reserve_top_up(account_id=account.pk, worker="w:1", amount=25_000_000)
+    account.refresh_from_db()
+    assert (account.balance, account.reserved) == (100_000_000, 85_000_000)
+    assert list(PostpaidReserve.objects.values_list("worker", "amount")) == [("w:1", 85_000_000)]
+
+    def hold(deadline_ms: int, prefer: str | None = None):  # holds 0.1 + deadline_ms / 1000 credits
+        headers = {"Modelport-Deadline-Ms": str(deadline_ms), **({"Prefer": prefer} if prefer else {})}
+        return api.post("/api/v1/models/reserving/fast/predictions", json=X, headers=headers)
+
+    refused = hold(19_950)  # 20.05 credits of the 15 that may be held: the web's admission refuses
+    assert refused.status_code == 402 and refused.json()["balance"] == 15.0, refused.text
+    deferred = hold(19_950, prefer="wait")  # a call the worker admits (ADMIT_MANY): refused too
+    assert deferred.status_code == 402, deferred.text
+    assert hold(9_000).status_code == 201  # 9.1 credits fit
+    _settled("reserving")
+    key = ApiKey.objects.get(user__username="reserving")
+    key.daily_cap = 10**12  # a capped key's calls take the ORM path (billing.credits_hold)
+    key.save()
+    orm = hold(19_950)
+    account.refresh_from_db()
+    assert orm.status_code == 402 and orm.json()["balance"] == (account.balance - 85_000_000) / 1e6, orm.text
+    assert reserve_release(account_id=account.pk, worker="w:1") == 85_000_000
+    assert hold(19_950, prefer="wait").status_code == 200
+
+    assert reserve_top_up(account_id=account.pk, worker="gone:1", amount=5_000_000)
+    assert reserves_release_abandoned(live_workers={"gone:1"}, idle_s=0) == 0  # alive: kept
+    assert reserves_release_abandoned(live_workers=set(), idle_s=3600) == 0  # touched recently: kept
+    assert reserves_release_abandoned(live_workers=set(), idle_s=0) == 5_000_000
+    _settled("reserving")
+    account.refresh_from_db()
+    assert account.reserved == 0 and not PostpaidReserve.objects.exists()
+    spent = -sum(LedgerEntry.objects.filter(account=account, prediction__isnull=False)
+                 .values_list("amount", flat=True))
+    assert account.balance == 100_000_000 - spent
+    assert LedgerEntry.objects.filter(account=account, prediction__isnull=True).count() == entries  # the grant
