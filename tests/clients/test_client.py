@@ -104,6 +104,7 @@ def test_configuration_from_the_environment(live, monkeypatch):
             "username": "envuser",
             "credits": 7.0,
             "credits_micro": 7_000_000,
+            "max_price": None,
             "is_staff": False,
         }
     monkeypatch.delenv("MODELPORT_API_KEY")

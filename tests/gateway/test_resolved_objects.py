@@ -18,6 +18,7 @@ def cached_row(**changes: object) -> list[object]:
         "user_id": 3, "username": "owner", "is_staff": False, "model_id": 5, "owner_id": 3, "visibility": "private",
         "royalty": 0, "default_id": 11, "version_id": 11, "v_number": 1, "v_status": "ready", "v_disabled": False,
         "signature": {"inputs": [], "outputs": []}, "max_queue": 64, "artifact": "ab" * 32, "max_batch": 8,
+        "royalty_pending": None, "royalty_pending_at": None, "max_price": None,
     }
     values.update(changes)
     return list(values.values())

@@ -39,7 +39,7 @@ FUZZ = settings(
 )
 
 SAMPLES: dict[str, np.ndarray] = {
-    "FP32": np.array([[1.5, -2.25, np.inf], [0.0, 3.4028235e38, -1e-30]], dtype=np.float32),
+    "FP32": np.array([[1.5, -2.25, 1e38], [0.0, 3.4028235e38, -1e-30]], dtype=np.float32),
     "FP16": np.array([[1.5, -65504.0, 6.1035e-05]], dtype=np.float16),
     "FP64": np.array([0.1, -1e300], dtype=np.float64),
     "INT64": np.array([[-(2**63), 2**63 - 1, 0]], dtype=np.int64),
@@ -170,11 +170,22 @@ def test_json_data_may_be_flat_or_nested() -> None:
     assert empty.inputs["x"].shape == (0, 3)
 
 
-def test_json_floats_accept_integers_nan_and_infinity() -> None:
-    body = b'{"inputs":[{"name":"x","shape":[4],"datatype":"FP32","data":[1,NaN,-Infinity,2.5]}]}'
+def test_json_floats_accept_integers_and_refuse_nan_infinity_and_overflow() -> None:
+    """JSON has no NaN or infinity; the native API refuses them and so does V2's JSON (issue 16
+    item 13). Binary tensors carry any IEEE value."""
+    body = b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,2.5]}]}'
     values = parse(body).inputs["x"]
-    assert values.dtype == np.float32
-    assert values[0] == 1.0 and np.isnan(values[1]) and values[2] == -np.inf and values[3] == 2.5
+    assert values.dtype == np.float32 and values.tolist() == [1.0, 2.5]
+    for bad, message in ((b"NaN", "holds NaN, which is not JSON"), (b"-Infinity", "holds -Infinity"),
+                         (b"Infinity", "holds Infinity"), (b"1e999", "out of range"), (b"-1e999", "out of range"),
+                         (b"1e300", "out of range")):
+        body = b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,' + bad + b']}]}'
+        with pytest.raises(V2ProtocolError, match=message):
+            parse(body)
+    binary = np.array([np.nan, -np.inf], dtype=np.float32)
+    header = b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}'
+    parsed = parse(header + binary.tobytes(), len(header)).inputs["x"]
+    assert np.isnan(parsed[0]) and parsed[1] == -np.inf
 
 
 def test_binary_data_output_sets_the_default_and_binary_data_overrides_it() -> None:
@@ -354,16 +365,23 @@ def test_tritonclient_default_asks_for_binary_outputs(triton: Any) -> None:
     assert np.isnan(result.as_numpy("n")).all()
 
 
-def test_tritonclient_json_nan_and_empty_bytes_tensor(triton: Any) -> None:
+def test_tritonclient_json_nan_is_refused(triton: Any) -> None:
     floats = np.array([np.nan, -np.inf], dtype=np.float32)
     json_input = triton.InferInput("f", [2], "FP32").set_data_from_numpy(floats, binary_data=False)
+    body, header_length = triton.InferenceServerClient.generate_request_body([json_input])
+    with pytest.raises(V2ProtocolError, match="NaN, which is not JSON"):
+        parse(body, header_length)
+
+
+def test_tritonclient_binary_nan_and_empty_bytes_tensor(triton: Any) -> None:
+    floats = np.array([np.nan, -np.inf], dtype=np.float32)
+    json_input = triton.InferInput("f", [2], "FP32").set_data_from_numpy(floats, binary_data=True)
     empty = np.array([], dtype=object)
     empty_input = triton.InferInput("e", [0], "BYTES").set_data_from_numpy(empty)
     body, header_length = triton.InferenceServerClient.generate_request_body(
         [json_input, empty_input], outputs=[triton.InferRequestedOutput("f", binary_data=False)]
     )
-    # An empty binary tensor still makes tritonclient send the header length.
-    assert header_length == len(body)
+    assert header_length == len(body) - 8  # the 8 bytes of f follow the JSON header
 
     parsed = parse(body, header_length)
 

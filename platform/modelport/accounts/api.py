@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from modelport.accounts.models import ApiKey
 from modelport.accounts.schema import responses
-from modelport.accounts.services import api_key_issue, api_key_revoke
+from modelport.accounts.services import api_key_issue, api_key_may_manage_keys, api_key_revoke
 from modelport.common.problems import Problem
 
 
@@ -62,8 +62,13 @@ class KeyListView(APIView):
         return Response({"results": [key_data(k) for k in ApiKey.objects.filter(user=request.user)]})
 
     @extend_schema(operation_id="key_create", request=KeyCreateSerializer,
-                   responses=responses({201: KeyCreatedSerializer}, 400, 415))
+                   description="Needs the dashboard's session or a key allowed to manage keys (today: a staff "
+                               "user's key); any other API key is refused with 403 and nothing is created.",
+                   responses=responses({201: KeyCreatedSerializer}, 400, 403, 415))
     def post(self, request: Request) -> Response:
+        if request.auth is not None and not api_key_may_manage_keys(api_key=request.auth):
+            raise Problem(403, "an API key cannot create keys: sign in to the dashboard, or use a key allowed to "
+                               "manage keys")
         issued = api_key_issue(user=request.user, name=_key_name(request.data))
         return Response({**key_data(issued.api_key), "key": issued.secret}, status=201)
 

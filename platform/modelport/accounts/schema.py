@@ -26,11 +26,14 @@ _PROBLEM_TEXT = {
     400: "Invalid input; `errors` names the offending fields.",
     401: "No API key, or an invalid or revoked one.",
     402: "Not enough credits for the call.",
-    403: "The model is someone else's (public) model and cannot be changed.",
+    403: "Not allowed: someone else's (public) model cannot be changed; an ordinary API key cannot create keys.",
     404: "Unknown, or another user's private, resource (existence is not leaked).",
     409: "State conflict.",
+    412: "The call's worst-case price exceeds the caller's maximum (`Modelport-Max-Price`, or the account's "
+         "`max_price`); nothing was charged.",
     413: "Body too large.",
     415: "Unsupported request media type.",
+    422: "The Idempotency-Key was already used with a different request.",
     429: "Rate limited or the queue is full.",
     503: "Model not ready, worker unavailable, or deadline passed in the queue.",
 }
@@ -93,6 +96,9 @@ class AccountSerializer(serializers.Serializer):
     username = serializers.CharField()
     credits = serializers.FloatField(help_text="balance in credits")
     credits_micro = serializers.IntegerField(help_text="balance in micro-credits (1e-6 credit)")
+    max_price = serializers.FloatField(allow_null=True, help_text="the most one call may cost at worst, in "
+                                                                  "credits (calls that may cost more are 412); "
+                                                                  "null: no limit")
     is_staff = serializers.BooleanField()
 
 
@@ -139,6 +145,11 @@ class PredictionListSerializer(serializers.Serializer):
     next = serializers.CharField(allow_null=True, help_text="cursor for the next page (pass as ?cursor=)")
 
 
+class AccountPatchSerializer(serializers.Serializer):
+    max_price = serializers.FloatField(allow_null=True, min_value=0,
+                                       help_text="credits; null removes the limit (see Account.max_price)")
+
+
 class AccountViewSchema(OpenApiViewExtension):
     target_class = "modelport.gateway.api.AccountView"
 
@@ -149,7 +160,14 @@ class AccountViewSchema(OpenApiViewExtension):
                 tags=["account"],
                 summary="The caller's account and balance",
                 responses=responses({200: AccountSerializer}),
-            )
+            ),
+            patch=extend_schema(
+                operation_id="account_update",
+                tags=["account"],
+                summary="Set the account's default maximum price per call",
+                request=AccountPatchSerializer,
+                responses=responses({200: AccountSerializer}, 400, 415),
+            ),
         )
         class Fixed(self.target_class):  # type: ignore[name-defined,misc]
             pass
@@ -243,6 +261,13 @@ DEADLINE_HEADER = {
     "MODELPORT_CALL_DEADLINE_S). A call still queued at its deadline fails with `deadline_exceeded` and is "
     "not charged. A value that is not a positive number is refused with 400.",
 }
+MAX_PRICE_HEADER = {
+    "in": "header",
+    "name": "Modelport-Max-Price",
+    "schema": {"type": "number", "minimum": 0},
+    "description": "credits: refuse the call (412, nothing charged) if it may cost more at worst (base + "
+                   "royalty + compute over its deadline); overrides the account's `max_price` for this call",
+}
 
 
 def native_prediction_paths(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
@@ -296,14 +321,14 @@ def native_prediction_paths(result: dict[str, Any], generator: Any, request: Any
     ]
 
     def operation(operation_id: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
-        codes = {400, 401, 402, 404, 413, 429, 503}
+        codes = {400, 401, 402, 404, 412, 413, 422, 429, 503}
         return {
             "operationId": operation_id,
             "summary": "Run a model (native API)",
             "description": EXAMPLE_SIGNATURE_TEXT,
             "tags": ["predictions"],
             "security": [{"bearerAuth": []}],
-            "parameters": parameters + headers,
+            "parameters": parameters + headers + [MAX_PRICE_HEADER],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": body, "examples": examples}},

@@ -57,6 +57,14 @@ def api_key_issue(*, user: AbstractBaseUser, name: str = "") -> IssuedKey:
     return IssuedKey(api_key=api_key, secret=secret)
 
 
+def api_key_may_manage_keys(*, api_key: ApiKey) -> bool:
+    """Whether a call authenticated by `api_key` may create API keys. Keys have no scopes yet,
+    so only a staff user's key may: a leaked ordinary key cannot mint the keys that would
+    outlive its revocation. (Sessions — the dashboard — always may.) When keys get scopes,
+    this becomes the key's `manage`/`write` scope."""
+    return bool(api_key.user.is_staff)
+
+
 def api_key_revoke(*, api_key: ApiKey) -> None:
     from modelport.gateway import authcache
 

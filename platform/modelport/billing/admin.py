@@ -8,7 +8,8 @@ from typing import Any
 from django.contrib import admin
 
 from modelport.billing.display import credits_display
-from modelport.billing.models import CreditAccount, LedgerEntry, Price
+from modelport.billing.models import CreditAccount, LedgerEntry, PostpaidReserve, Price
+from modelport.billing.services import format_credits
 from modelport.ops.admin_base import AuditedAdminMixin, ReadOnlyAdminMixin, ReadOnlyInline
 
 
@@ -26,16 +27,36 @@ class LedgerInline(ReadOnlyInline):
 
 @admin.register(CreditAccount)
 class CreditAccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("user", "credits", "updated_at")
+    list_display = ("user", "credits", "reserved_credits", "updated_at")
     search_fields = ("user__username",)
     list_select_related = ("user",)
-    fields = ("user", "credits", "updated_at")
+    fields = ("user", "credits", "reserved_credits", "max_price", "updated_at")
     readonly_fields = fields
     inlines = (LedgerInline,)
 
     @admin.display(description="balance (credits)", ordering="balance")
     def credits(self, obj: CreditAccount) -> str:
         return credits_display(obj.balance)
+
+    @admin.display(description="kept for postpaid calls (credits)", ordering="reserved")
+    def reserved_credits(self, obj: CreditAccount) -> str:
+        return format_credits(obj.reserved)
+
+
+@admin.register(PostpaidReserve)
+class PostpaidReserveAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """What serving workers keep of accounts' balances for calls they answer before recording
+    them (returned when idle; the reaper returns those of dead workers)."""
+
+    list_display = ("account", "worker", "credits", "updated_at")
+    search_fields = ("account__user__username", "worker")
+    list_select_related = ("account__user",)
+    fields = ("account", "worker", "amount", "credits", "updated_at")
+    readonly_fields = fields
+
+    @admin.display(description="credits", ordering="amount")
+    def credits(self, obj: PostpaidReserve) -> str:
+        return format_credits(obj.amount)
 
 
 @admin.register(LedgerEntry)

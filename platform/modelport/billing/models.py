@@ -13,13 +13,41 @@ class CreditAccount(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credit_account")
     balance = models.BigIntegerField(default=0)
+    # The most one call may cost (its worst case: base + royalty + compute over its deadline),
+    # unless the call names its own with `Modelport-Max-Price`; NULL: no limit.
+    max_price = models.BigIntegerField(null=True, blank=True, help_text="µc; calls that may cost more are refused")
+    # The part of the balance serving workers keep for calls they answer before recording them
+    # (the sum of the account's PostpaidReserve rows): holds may not take the balance below it.
+    reserved = models.BigIntegerField(default=0, help_text="µc kept for postpaid calls (PostpaidReserve)")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=models.Q(balance__gte=0), name="balance_non_negative")]
+        constraints = [models.CheckConstraint(condition=models.Q(balance__gte=0), name="balance_non_negative"),
+                       models.CheckConstraint(condition=models.Q(reserved__gte=0), name="reserved_non_negative")]
 
     def __str__(self) -> str:
         return f"{self.user}: {self.balance / MICRO:.6f} credits"
+
+
+class PostpaidReserve(models.Model):
+    """What one serving worker keeps of an account's balance for the calls it runs and answers
+    before their recording statement (gateway/serving.py, postpaid). Not a ledger movement: the
+    balance is unchanged, but holds of other calls may not take it below the account's
+    `reserved` (the sum of these rows), so the recording of a call answered with a charge
+    always finds the balance to pay it; each recording draws its charges from this row. The
+    worker returns it when idle or stopping; the reaper returns those of dead workers."""
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.CASCADE, related_name="reserves")
+    worker = models.CharField(max_length=200)
+    amount = models.BigIntegerField(default=0, help_text="µc")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "worker"], name="one_reserve_per_worker"),
+                       models.CheckConstraint(condition=models.Q(amount__gte=0), name="reserve_non_negative")]
+
+    def __str__(self) -> str:
+        return f"{self.worker}: {self.amount / MICRO:.6f} credits of {self.account_id}"
 
 
 class LedgerEntry(models.Model):

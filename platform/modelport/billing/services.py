@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F, Sum
+from django.utils import timezone
 
-from modelport.billing.models import MICRO, CreditAccount, HardwareClass, LedgerEntry, Price
+from modelport.billing.models import MICRO, CreditAccount, HardwareClass, LedgerEntry, PostpaidReserve, Price
 
 if TYPE_CHECKING:
     from modelport.gateway.models import Prediction
@@ -69,6 +71,54 @@ def account_for(*, user: AbstractBaseUser) -> CreditAccount:
     return account if account is not None else account_open(user=user)
 
 
+def account_set_max_price(*, user: AbstractBaseUser, max_price: int | None) -> CreditAccount:
+    """Set the account's default maximum price per call (µc; None: no limit). Calls read it
+    from their resolution row, so a new resolution generation is set after commit."""
+    from modelport.gateway import authcache
+
+    account = account_for(user=user)
+    with transaction.atomic():
+        CreditAccount.objects.filter(pk=account.pk).update(max_price=max_price)
+        authcache.invalidate_on_commit()
+    account.max_price = max_price
+    return account
+
+
+def reserve_top_up(*, account_id: int, worker: str, amount: int) -> bool:
+    """Add `amount` µc to `worker`'s reserve of the account's balance (PostpaidReserve), if the
+    balance less what is reserved already covers it. No ledger entry: the balance is unchanged
+    (holds just cannot take it below the reserves). False when refused."""
+    with transaction.atomic():
+        if not CreditAccount.objects.filter(pk=account_id, balance__gte=F("reserved") + amount).update(
+                reserved=F("reserved") + amount):
+            return False
+        reserve, created = PostpaidReserve.objects.select_for_update().get_or_create(
+            account_id=account_id, worker=worker, defaults={"amount": amount})
+        if not created:
+            PostpaidReserve.objects.filter(pk=reserve.pk).update(amount=F("amount") + amount)
+    return True
+
+
+def reserve_release(*, account_id: int, worker: str) -> int:
+    """Return `worker`'s reserve of the account (what its recordings did not draw): µc freed."""
+    with transaction.atomic():
+        reserve = PostpaidReserve.objects.select_for_update().filter(account_id=account_id, worker=worker).first()
+        if reserve is None:
+            return 0
+        CreditAccount.objects.filter(pk=account_id).update(reserved=F("reserved") - reserve.amount)
+        reserve.delete()
+    return reserve.amount
+
+
+def reserves_release_abandoned(*, live_workers: set[str], idle_s: float) -> int:
+    """Return the reserves of workers not in `live_workers` that no statement touched for
+    `idle_s` seconds (a worker returns its own when idle or stopping; one that died cannot).
+    Run after the dead workers' journals are recorded: those recordings draw on them."""
+    cutoff = timezone.now() - timedelta(seconds=idle_s)
+    stale = PostpaidReserve.objects.filter(updated_at__lt=cutoff).exclude(worker__in=live_workers)
+    return sum(reserve_release(account_id=r.account_id, worker=r.worker) for r in stale[:1000])
+
+
 PRICE_CACHE_S = 2.0
 _price_cache: dict[str, tuple[float, int, int]] = {}
 
@@ -96,11 +146,13 @@ def quote_for(*, hardware: str = HardwareClass.CPU, royalty: int = 0) -> Quote:
 
 def _apply(*, account_id: int, amount: int, kind: str, prediction: Prediction | None = None, memo: str = "",
            created_by: AbstractBaseUser | None = None) -> bool:
-    """Add `amount` (µc, may be negative) to the balance unless that would go below zero.
+    """Add `amount` (µc, may be negative) to the balance unless that would go below zero — or,
+    for a hold, below what serving workers keep for their postpaid calls (`reserved`).
 
     Must run inside a transaction. Returns False (and writes nothing) when refused.
     """
-    updated = CreditAccount.objects.filter(pk=account_id, balance__gte=-amount if amount < 0 else 0).update(
+    floor = F("reserved") if kind == LedgerEntry.Kind.HOLD else 0
+    updated = CreditAccount.objects.filter(pk=account_id, balance__gte=floor - amount if amount < 0 else 0).update(
         balance=F("balance") + amount
     )
     if not updated:
@@ -124,7 +176,8 @@ def credits_hold(*, account_id: int, amount: int, prediction: Prediction) -> Non
     Must run inside the transaction that creates the prediction.
     """
     if not _apply(account_id=account_id, amount=-amount, kind=LedgerEntry.Kind.HOLD, prediction=prediction):
-        balance = CreditAccount.objects.filter(pk=account_id).values_list("balance", flat=True).first() or 0
+        balance = CreditAccount.objects.filter(pk=account_id).values_list(
+            F("balance") - F("reserved"), flat=True).first() or 0
         raise InsufficientCredits(balance=balance, required=amount)
 
 

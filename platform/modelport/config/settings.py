@@ -187,6 +187,10 @@ FILE_UPLOAD_TEMP_DIR = None
 MODELPORT_UPLOAD_MAX_IN_PROGRESS = env_int("MODELPORT_UPLOAD_MAX_IN_PROGRESS", 3, minimum=1)
 MODELPORT_UPLOAD_RATE_LIMIT = env_str("MODELPORT_UPLOAD_RATE_LIMIT", "10/minute;100/hour")
 MODELPORT_SIGNUP_CREDITS = env_int("MODELPORT_SIGNUP_CREDITS", 50_000, minimum=0)
+# What a public model's owner may ask per call of others, and how long callers are given before
+# an increase applies (decreases apply at once); both shown in the model's metadata.
+MODELPORT_MAX_ROYALTY_CREDITS = env_int("MODELPORT_MAX_ROYALTY_CREDITS", 100, minimum=0)
+MODELPORT_ROYALTY_NOTICE_S = env_float("MODELPORT_ROYALTY_NOTICE_S", 86_400.0, minimum=0.0)
 # Default and maximum time a call may wait for a worker plus run, in seconds.
 MODELPORT_CALL_DEADLINE_S = env_float("MODELPORT_CALL_DEADLINE_S", 30.0, minimum=0.1)
 # A worker whose heartbeat is older than this is not routed to.
@@ -245,7 +249,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "modelport.common.parsers.JSONParser",
         "rest_framework.parsers.MultiPartParser",
     ],
     "EXCEPTION_HANDLER": "modelport.common.problems.drf_exception_handler",

@@ -3,10 +3,12 @@ worker no thread is held (the wait is an awaited BLPOP on the reply list)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,6 +21,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -140,17 +143,25 @@ def _admit_native(request: HttpRequest, owner: str, name: str, number: int | Non
     idem = request.META.get("HTTP_IDEMPOTENCY_KEY")
     if idem is not None and not (0 < len(idem) <= 200):
         raise Problem(400, "Idempotency-Key must be 1 to 200 characters")
+    fingerprint = request_fingerprint(request.path, body) if idem else ""
     wait = prefer_wait(request.META.get("HTTP_PREFER"))
+    max_price = services.max_price_header(request.META.get("HTTP_MODELPORT_MAX_PRICE"))
     admission = services.prediction_admit(
         user=user, api_key=api_key, version=version, protocol="native", deadline_s=deadline_s,
-        idempotency_key=idem, request_id=current_request_id(),
+        idempotency_key=idem, idempotency_fingerprint=fingerprint, request_id=current_request_id(),
         webhook=webhook, webhook_events=events,
         # Deferred only when the caller waits out the whole deadline: a shorter wait answers 202
         # with a prediction that must already exist.
-        defer=wait is not None and wait >= deadline_s, local_only=local_only,
+        defer=wait is not None and wait >= deadline_s, local_only=local_only, max_price=max_price,
     )
     data = services.prediction_data(admission.prediction) if admission.existing else None
     return admission, arrays, data, wait
+
+
+def request_fingerprint(path: str, body: dict[str, Any]) -> str:
+    """sha256 of a call's path and body (keys sorted, so key order and whitespace do not count):
+    what an Idempotency-Key is bound to."""
+    return hashlib.sha256(path.encode() + b"\0" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass
@@ -440,14 +451,37 @@ class PredictionListView(APIView):
         return Response({"results": [services.prediction_data(p) for p in page], "next": next_cursor})
 
 
+def account_data(user: Any) -> dict[str, Any]:
+    from modelport.billing.models import MICRO
+    from modelport.billing.services import account_for
+
+    account = account_for(user=user)
+    return {"username": user.username, "credits": account.balance / MICRO, "credits_micro": account.balance,
+            "max_price": None if account.max_price is None else account.max_price / MICRO,
+            "is_staff": user.is_staff}
+
+
+class AccountPatchSerializer(serializers.Serializer):
+    max_price = serializers.DecimalField(
+        max_digits=18, decimal_places=6, min_value=Decimal(0), allow_null=True,
+        help_text="credits: the most one call may cost at worst (base + royalty + compute over its deadline); "
+                  "a call that may cost more is refused with 412 and nothing is charged. null: no limit. A "
+                  "call's Modelport-Max-Price header takes its place for that call.")
+
+
 class AccountView(APIView):
     def get(self, request: Request) -> Response:
-        from modelport.billing.models import MICRO
-        from modelport.billing.services import account_for
+        return Response(account_data(request.user))
 
-        account = account_for(user=request.user)
-        return Response({"username": request.user.username, "credits": account.balance / MICRO,
-                         "credits_micro": account.balance, "is_staff": request.user.is_staff})
+    def patch(self, request: Request) -> Response:
+        from modelport.billing.services import account_set_max_price
+
+        ser = AccountPatchSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        if "max_price" in ser.validated_data:
+            value = ser.validated_data["max_price"]
+            account_set_max_price(user=request.user, max_price=None if value is None else int(value * 1_000_000))
+        return Response(account_data(request.user))
 
 
 def health_live(request: HttpRequest) -> JsonResponse:

@@ -46,7 +46,7 @@ WITH cfg AS (
     SELECT set_config('synchronous_commit', 'off', true)
 ), acc AS (
     UPDATE billing_creditaccount SET balance = balance - %s, updated_at = now()
-    WHERE id = %s AND balance >= %s
+    WHERE id = %s AND balance - reserved >= %s
     RETURNING id
 ), pred AS (
     INSERT INTO gateway_prediction ({_COLUMNS})
@@ -65,11 +65,12 @@ ADMIT_WITHOUT_HOLD = f"INSERT INTO gateway_prediction ({_COLUMNS}) VALUES ({_PLA
 _ROW_TYPES = ", ".join(f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in _INSERT_FIELDS)
 
 
-def _insert_group(*, amount: str, ledger: str) -> str:
+def _insert_group(*, amount: str, ledger: str, floor: str) -> str:
     """A statement that inserts the rows of a JSON array (`%s`) that do not exist yet, per
-    account only if the balance covers the sum of their `amount` column, debits that sum and
-    writes the ledger entries `ledger` selects from the inserted rows (`pred`). Returns
-    (prediction id, account id, balance after, amount) per inserted row."""
+    account only if the balance less `floor` (an expression over the account row `a`) covers
+    the sum of their `amount` column, debits that sum and writes the ledger entries `ledger`
+    selects from the inserted rows (`pred`). Returns (prediction id, account id, balance after,
+    amount) per inserted row."""
     return f"""
 WITH cfg AS (
     SELECT set_config('synchronous_commit', 'off', true)
@@ -81,7 +82,7 @@ WITH cfg AS (
     SELECT account_id, sum({amount}) AS total FROM fresh GROUP BY account_id
 ), acc AS (
     UPDATE billing_creditaccount a SET balance = a.balance - need.total, updated_at = now()
-    FROM need WHERE a.id = need.account_id AND a.balance >= need.total
+    FROM need WHERE a.id = need.account_id AND a.balance - {floor} >= need.total
     RETURNING a.id, a.balance
 ), pred AS (
     INSERT INTO gateway_prediction ({_COLUMNS})
@@ -105,9 +106,11 @@ FROM pred JOIN acc ON acc.id = pred.account_id LEFT JOIN cfg ON true
 # already exists (the web gave up at the deadline and recorded the call as failed, see
 # `abandon`) is not admitted; if the web's insert races this statement, the statement fails on
 # the primary key and the caller retries row by row.
+# Holds never take a balance below what serving workers keep for their postpaid calls
+# (billing.PostpaidReserve; the account's `reserved`).
 ADMIT_MANY = _insert_group(amount="hold_amount", ledger=f"""
     SELECT account_id, '{LedgerEntry.Kind.HOLD}', -hold_amount, id, '', NULL, now() FROM pred
-    WHERE hold_amount > 0""")
+    WHERE hold_amount > 0""", floor="a.reserved")
 
 # Admission and settlement in one statement, after the run, for calls whose account the serving
 # worker recently saw with ample headroom (see serving.py, "postpaid"): each row arrives
@@ -115,12 +118,53 @@ ADMIT_MANY = _insert_group(amount="hold_amount", ledger=f"""
 # account the group is recorded only if the balance covers its charges (never below zero), with
 # the same ledger shape as a held and settled call (a hold of the price, a settlement of 0).
 # Rows whose id exists (the web recorded the call failed at its deadline) are not recorded.
-RECORD_MANY = _insert_group(amount="charged", ledger=f"""
+_RECORD_LEDGER = f"""
     SELECT account_id, k.kind, CASE WHEN k.kind = '{LedgerEntry.Kind.HOLD}' THEN -charged ELSE 0 END, id,
            CASE WHEN k.kind = '{LedgerEntry.Kind.HOLD}' THEN '' ELSE 'charged ' || charged || ' µc' END,
            NULL, now()
     FROM pred CROSS JOIN (VALUES ('{LedgerEntry.Kind.HOLD}'), ('{LedgerEntry.Kind.SETTLE}')) AS k(kind)
-    WHERE pred.charged > 0""")
+    WHERE pred.charged > 0"""
+# Without a reserve: the path of uncharged rows (metering off) and the fallback when a worker's
+# reserve does not cover its rows (see services.predictions_record_served). The balance is the
+# only floor here: these are answered calls.
+RECORD_MANY = _insert_group(amount="charged", ledger=_RECORD_LEDGER, floor="0")
+
+# The postpaid recording proper: like RECORD_MANY, but per (account, worker) the charges are
+# drawn from the worker's reserve (billing.PostpaidReserve, `%s` = the worker), which holds
+# could not touch, and the account's `reserved` goes down with the balance. A group whose
+# reserve does not cover it is not recorded (the caller falls back to RECORD_MANY); the
+# balance cannot fall short, as holds leave it at least `reserved` (should an operator's
+# adjustment have taken it lower, the balance's CHECK fails the statement as a whole).
+RECORD_RESERVED = f"""
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), v AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v({_ROW_TYPES})
+), fresh AS (
+    SELECT v.* FROM v WHERE (SELECT g.id FROM gateway_prediction g WHERE g.id = v.id) IS NULL
+), need AS (
+    SELECT account_id, sum(charged) AS total FROM fresh GROUP BY account_id
+), res AS (
+    UPDATE billing_postpaidreserve r SET amount = r.amount - need.total, updated_at = now()
+    FROM need WHERE r.account_id = need.account_id AND r.worker = %s AND r.amount >= need.total
+    RETURNING r.account_id, need.total
+), acc AS (
+    UPDATE billing_creditaccount a
+    SET balance = a.balance - res.total, reserved = a.reserved - res.total, updated_at = now()
+    FROM res WHERE a.id = res.account_id
+    RETURNING a.id, a.balance
+), pred AS (
+    INSERT INTO gateway_prediction ({_COLUMNS})
+    SELECT {_COLUMNS} FROM fresh WHERE fresh.account_id IN (SELECT id FROM acc)
+    RETURNING id, account_id, charged
+), led AS (
+    INSERT INTO billing_ledgerentry (account_id, kind, amount, prediction_id, memo, created_by_id, created_at)
+    {_RECORD_LEDGER}
+    RETURNING id
+)
+SELECT pred.id, pred.account_id, acc.balance, pred.charged
+FROM pred JOIN acc ON acc.id = pred.account_id LEFT JOIN cfg ON true
+"""
 
 ABANDON = f"""
 INSERT INTO gateway_prediction ({_COLUMNS})
@@ -221,6 +265,20 @@ def record_many(rows: list[dict[str, Any]], *, balances: dict[int, int]) -> dict
         return charged
 
 
+def record_reserved(rows: list[dict[str, Any]], *, worker: str, balances: dict[int, int]) -> dict[str, int]:
+    """Record finished calls that `worker` ran and answered before admitting them, drawing their
+    charges from its reserves (RECORD_RESERVED): {id: charged} of the rows recorded; each
+    recording account's balance after it goes into `balances`. Raises IntegrityError when a
+    row's id was inserted concurrently (the web's abandon)."""
+    with _prepared() as cursor:
+        cursor.execute(RECORD_RESERVED, [rows_json(rows), worker], prepare=True)
+        charged = {}
+        for pid, account_id, balance, amount in cursor.fetchall():
+            charged[pid] = int(amount)
+            balances[account_id] = int(balance)
+        return charged
+
+
 def rows_json(rows: list[dict[str, Any]]) -> str:
     """`rows` as the JSON RECORD_MANY reads (datetimes in ISO 8601 / RFC 3339, as
     datetime.isoformat writes them). orjson: the serving worker writes these rows to its
@@ -230,9 +288,10 @@ def rows_json(rows: list[dict[str, Any]]) -> str:
 
 
 def refusal_facts(*, prediction_id: str, account_id: int) -> tuple[int, bool]:
-    """(the account's balance, whether the prediction exists) for a call ADMIT_MANY refused."""
+    """(the account's balance less its reserves, whether the prediction exists) for a call
+    ADMIT_MANY refused."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT (SELECT balance FROM billing_creditaccount WHERE id = %s), "
+        cursor.execute("SELECT (SELECT balance - reserved FROM billing_creditaccount WHERE id = %s), "
                        "EXISTS (SELECT 1 FROM gateway_prediction WHERE id = %s)", [account_id, prediction_id])
         balance, exists = cursor.fetchone()
     return int(balance or 0), bool(exists)
@@ -276,8 +335,8 @@ def admit(*, prediction: Prediction, hold: int) -> tuple[bool, int]:
         (held,) = cursor.fetchone()
         if held:
             return True, 0
-        # Refused: read the balance only now, for the 402 message.
-        cursor.execute("SELECT balance FROM billing_creditaccount WHERE id = %s", [prediction.account_id])
+        # Refused: read the balance only now, for the 402 message (what holds may take of it).
+        cursor.execute("SELECT balance - reserved FROM billing_creditaccount WHERE id = %s", [prediction.account_id])
         row = cursor.fetchone()
     return False, int(row[0]) if row else 0
 
@@ -286,9 +345,11 @@ RESOLVE = """
 SELECT k.id, k.prefix, k.rate_limit, k.daily_cap, k.last_used_at,
        u.id, u.username, u.is_staff,
        m.id, m.owner_id, m.visibility, m.royalty_per_call, m.default_version_id,
-       v.id, v.number, v.status, v.disabled, v.signature, v.max_queue, v.artifact_sha256, v.max_batch_size
+       v.id, v.number, v.status, v.disabled, v.signature, v.max_queue, v.artifact_sha256, v.max_batch_size,
+       m.royalty_pending, m.royalty_pending_at, ca.max_price
 FROM accounts_apikey k
 JOIN auth_user u ON u.id = k.user_id AND u.is_active
+LEFT JOIN billing_creditaccount ca ON ca.user_id = u.id
 LEFT JOIN auth_user o ON o.username = %(owner)s
 LEFT JOIN registry_model m ON m.owner_id = o.id AND m.name = %(name)s
 LEFT JOIN LATERAL (

@@ -38,6 +38,9 @@ class Prediction(models.Model):
     charged = models.BigIntegerField(default=0)
     royalty = models.BigIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL = none, unique
+    # sha256 of the request an Idempotency-Key was first used with (its path and body): a replay
+    # with another request is refused (422). Blank without a key (and on rows from before it).
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
     request_id = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     webhook = models.URLField(max_length=1000, blank=True)

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,8 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
         raise NeedsIO("not in this process's resolution cache")
     generation, row = hit
     (key_id, prefix, rate_limit, daily_cap, last_used, user_id, username, is_staff, model_id, owner_id, visibility,
-     royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch) = row
+     royalty, default_id, version_id, v_number, v_status, v_disabled, signature, max_queue, artifact, max_batch,
+     royalty_pending, royalty_pending_at, max_price) = row
     now = timezone.now()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         if counted is None:
@@ -145,6 +147,7 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
         if memo is not None and memo[0] is row and memo[1] == generation:
             return memo[2]
     user = get_user_model()(id=user_id, username=username, is_staff=is_staff, is_active=True)
+    user.account_max_price = max_price  # read by call_max_price without a query
     api_key = ApiKey(id=key_id, user_id=user_id, prefix=prefix, rate_limit=rate_limit, daily_cap=daily_cap,
                      last_used_at=last_used)
     api_key.user = user
@@ -152,7 +155,8 @@ def _resolved(hit: tuple[bytes | None, list[Any]] | None, *, owner: str, name: s
         ratelimit.rate_limit_check(counted[0], counted[1], api_key=api_key)
         api_key.rate_counted = True
     model = Model(id=model_id, owner_id=owner_id, name=name, visibility=visibility, royalty_per_call=royalty,
-                  default_version_id=default_id)
+                  default_version_id=default_id, royalty_pending=royalty_pending,
+                  royalty_pending_at=royalty_pending_at)
     version = ModelVersion(id=version_id, model_id=model_id, number=v_number, status=v_status, disabled=v_disabled,
                            signature=signature if isinstance(signature, dict) else json.loads(signature),
                            max_queue=max_queue, artifact_sha256=artifact, max_batch_size=max_batch)
@@ -175,9 +179,10 @@ _resolved_objects: dict[int, tuple[list[Any], Any, tuple[Any, ApiKey, ModelVersi
 
 
 def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
-                     idempotency_key: str | None = None, request_id: str = "", webhook: str = "",
+                     idempotency_key: str | None = None, idempotency_fingerprint: str = "", request_id: str = "",
+                     webhook: str = "",
                      webhook_events: list[str] | None = None, defer: bool = False,
-                     local_only: bool = False) -> Admission:
+                     local_only: bool = False, max_price: int | None = None) -> Admission:
     """Create a prediction and hold its maximum price. Raises Problem(402) when not covered.
 
     With `defer` (the caller waits for the result until the call's deadline), a plain call —
@@ -188,27 +193,37 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
     web process's CPU per call, and one statement per popped group costs PostgreSQL far less.
 
     `local_only`: a deferred admission from process caches alone, without any I/O (NeedsIO
-    when that is not possible); the queue bound is then the caller's to check."""
+    when that is not possible); the queue bound is then the caller's to check.
+
+    An `idempotency_key` already used returns that call (`existing`) if it was made with the
+    same request (`idempotency_fingerprint`, api.request_fingerprint), else Problem(422).
+
+    `max_price` (µc, the caller's Modelport-Max-Price; None: the account's default, if any): a
+    call whose worst case (its hold: base + royalty + compute over the deadline) exceeds it is
+    refused with 412 before anything is held or sent (see price_check)."""
     if local_only:
         return _admit_local(user=user, api_key=api_key, version=version, protocol=protocol, deadline_s=deadline_s,
-                            request_id=request_id, defer=defer and not idempotency_key and not webhook)
+                            request_id=request_id, defer=defer and not idempotency_key and not webhook,
+                            max_price=max_price)
     if idempotency_key:
         existing = Prediction.objects.filter(user=user, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return Admission(prediction=existing, version=existing.version, existing=True)
+            return _replayed(existing, idempotency_key=idempotency_key, fingerprint=idempotency_fingerprint)
     queue_admit(version=version)
     model = version.model
-    royalty = model.royalty_per_call if model.owner_id != user.pk else 0
+    now = timezone.now()
+    royalty = registry.royalty_at(model, now) if model.owner_id != user.pk else 0
     quote = billing.quote_for(hardware="cpu", royalty=royalty)
     metering = not settings.MODELPORT_BENCH_DISABLE_METERING
     hold = quote.max_price(deadline_s) if metering else 0
+    price_check(hold, max_price if max_price is not None else account_max_price(user))
     account_id = _account_id(user.pk)
-    now = timezone.now()
     fields = {
         "user": user, "account_id": account_id, "api_key": api_key, "version": version, "protocol": protocol,
         "quote": {"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second,
                   "royalty": quote.royalty, "owner_id": model.owner_id},
-        "hold_amount": hold, "idempotency_key": idempotency_key or None, "request_id": request_id,
+        "hold_amount": hold, "idempotency_key": idempotency_key or None,
+        "idempotency_fingerprint": idempotency_fingerprint if idempotency_key else "", "request_id": request_id,
         "deadline_at": now + timedelta(seconds=deadline_s), "webhook": webhook,
         "webhook_events": webhook_events or [],
     }
@@ -239,30 +254,82 @@ def prediction_admit(*, user: Any, api_key: ApiKey | None, version: ModelVersion
         if not idempotency_key:
             raise
         existing = Prediction.objects.get(user=user, idempotency_key=idempotency_key)
-        return Admission(prediction=existing, version=existing.version, existing=True)
+        return _replayed(existing, idempotency_key=idempotency_key, fingerprint=idempotency_fingerprint)
     prediction.version = version
     return Admission(prediction=prediction, version=version)
 
 
+def _replayed(existing: Prediction, *, idempotency_key: str, fingerprint: str) -> Admission:
+    """The call an Idempotency-Key was first used for, or 422 when this request is another one
+    (rows from before fingerprints were stored have none and replay as before)."""
+    if existing.idempotency_fingerprint and fingerprint and existing.idempotency_fingerprint != fingerprint:
+        raise Problem(422, f"Idempotency-Key {idempotency_key[:60]!r} was already used with a different request "
+                           f"(prediction {existing.id}); use a new key for a new request",
+                      prediction_id=existing.id)
+    return Admission(prediction=existing, version=existing.version, existing=True)
+
+
 def _admit_local(*, user: Any, api_key: ApiKey | None, version: ModelVersion, protocol: str, deadline_s: float,
-                 request_id: str, defer: bool) -> Admission:
+                 request_id: str, defer: bool, max_price: int | None) -> Admission:
     model = version.model
-    royalty = model.royalty_per_call if model.owner_id != user.pk else 0
+    now = timezone.now()
+    royalty = registry.royalty_at(model, now) if model.owner_id != user.pk else 0
     quote = billing.quote_cached(hardware="cpu", royalty=royalty)
     account_id = _account_ids.get(user.pk)
     capped = api_key is not None and api_key.daily_cap is not None
     if not defer or royalty or capped or quote is None or account_id is None or not fastsql.available():
         raise NeedsIO("this admission is written by the web or needs uncached facts")
-    now = timezone.now()
+    hold = 0 if settings.MODELPORT_BENCH_DISABLE_METERING else quote.max_price(deadline_s)
+    limit = max_price if max_price is not None else user.account_max_price
+    if limit is not None:
+        price_check(hold, limit)
     prediction, row = fastsql.new_prediction({
         "user_id": user.pk, "account_id": account_id, "api_key_id": api_key.pk if api_key is not None else None,
         "version_id": version.pk, "protocol": protocol,
         "quote": {"hardware": quote.hardware, "base": quote.base, "per_second": quote.per_second, "royalty": 0,
                   "owner_id": model.owner_id},
-        "hold_amount": 0 if settings.MODELPORT_BENCH_DISABLE_METERING else quote.max_price(deadline_s),
-        "request_id": request_id, "deadline_at": now + timedelta(seconds=deadline_s), "created_at": now,
+        "hold_amount": hold, "request_id": request_id, "deadline_at": now + timedelta(seconds=deadline_s),
+        "created_at": now,
     }, related={"user": user, "api_key": api_key, "version": version})
     return Admission(prediction=prediction, version=version, deferred_row=row)
+
+
+def price_check(worst: int, limit: int | None) -> None:
+    """412 when a call's worst-case price `worst` (µc: its hold) exceeds the caller's maximum
+    price `limit` (µc; None: no limit). Nothing is held, sent or charged for a refused call."""
+    if limit is not None and worst > limit:
+        raise Problem(412, f"this call may cost up to {billing.format_credits(worst)} credits (base + royalty + "
+                           f"compute over its deadline), above the maximum price of "
+                           f"{billing.format_credits(limit)} credits; nothing was charged. Raise the maximum "
+                           f"(Modelport-Max-Price, or the account's max_price) or shorten the deadline "
+                           f"(Modelport-Deadline-Ms)", code="max_price_exceeded",
+                      price_up_to=worst / billing.MICRO, max_price=limit / billing.MICRO)
+
+
+_NO_DEFAULT = object()
+
+
+def account_max_price(user: Any) -> int | None:
+    """The account's default maximum price per call (µc; None: none): from the resolution row
+    when the user was built from one, else read."""
+    cached = getattr(user, "account_max_price", _NO_DEFAULT)
+    if cached is not _NO_DEFAULT:
+        return cached  # type: ignore[return-value]
+    return CreditAccount.objects.filter(user_id=user.pk).values_list("max_price", flat=True).first()
+
+
+def max_price_header(raw: str | None) -> int | None:
+    """`Modelport-Max-Price` (credits, a decimal number ≥ 0) in µc; None when absent; 400 when
+    malformed."""
+    if raw is None:
+        return None
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value < 0 or value > 10**12:
+        raise Problem(400, f"Modelport-Max-Price must be a number of credits (0 or more), not {raw[:40]!r}")
+    return int(value * billing.MICRO)
 
 
 def insufficient_credits(*, balance: int, required: int) -> Problem:
@@ -414,12 +481,24 @@ def outputs_expire() -> int:
     return Prediction.objects.filter(completed_at__lt=cutoff, output__isnull=False).update(output=None)
 
 
+# A reserve (billing.PostpaidReserve) of a worker not heartbeating that no statement touched for
+# this long is returned by the reaper (a live worker returns its own after RESERVE_IDLE_S).
+RESERVE_ABANDONED_S = 120.0
+
+
 def predictions_reap(*, grace_s: float = 5.0) -> int:
     """Record the answered calls of serving workers' journals that their worker did not record
     (it died between the reply and the statement), then fail calls whose deadline passed
     without a result (lost worker, lost message, dead web process) and release their holds.
     Returns how many calls it recorded or failed. Safe to run concurrently with anything."""
     reaped = len(served_journals_replay())
+    try:
+        live = {w["id"] for w in dispatch.live_workers(dispatch.sync_redis().hgetall(dispatch.workers_key()))
+                if not w["stale"]}
+    except redis.RedisError:
+        live = None  # who is alive is unknown: no reserve is returned this time
+    if live is not None:
+        billing.reserves_release_abandoned(live_workers=live, idle_s=RESERVE_ABANDONED_S)
     cutoff = timezone.now() - timedelta(seconds=grace_s)
     ids = list(Prediction.objects.filter(
         status__in=[Prediction.Status.STARTING, Prediction.Status.PROCESSING], deadline_at__lt=cutoff,
@@ -431,35 +510,58 @@ def predictions_reap(*, grace_s: float = 5.0) -> int:
 
 
 def predictions_record_served(*, rows: list[dict[str, Any]], balances: dict[int, int]) -> tuple[set[str], set[int]]:
-    """Record postpaid calls that a worker served and answered (fastsql.RECORD_MANY rows, each
-    `charged` its price): admitted and settled in one statement per group, charged as answered.
-    Idempotent: a row whose id exists (recorded before, or failed by the web at its deadline,
-    which then answered 503 and never read the worker's reply) is left as it is. A call whose
-    account no longer covers its charge (drained by other workers within the worker's balance
-    view) is recorded succeeded and uncharged: it was answered, and the balance never goes
-    below zero. Returns (ids recorded now, accounts that ran dry); the accounts' balances after
-    the statement go into `balances`."""
-    def record(group: list[dict[str, Any]]) -> set[str]:
+    """Record postpaid calls that a worker served and answered (RECORD_MANY's rows, each
+    `charged` its price, `worker` the worker that answered it): admitted and settled in one
+    statement per group, charged as answered. A charged call's price is drawn from its
+    worker's reserve of the account (fastsql.RECORD_RESERVED: holds cannot touch it, so other
+    calls draining the account between the answer and this recording cannot make it free);
+    uncharged rows (metering off) need none. Idempotent: a row whose id exists (recorded before,
+    or failed by the web at its deadline, which then answered 503 and never read the worker's
+    reply) is left as it is.
+
+    Should a reserve not cover its rows (released by the reaper as the worker's, or an
+    operator's adjustment took the balance below it), they are charged from the balance
+    (RECORD_MANY), and where that no longer covers them recorded succeeded and uncharged, with
+    a warning: the balance never goes below zero. Returns (ids recorded now, accounts whose rows
+    were not all drawn from a reserve); the accounts' balances after the statements go into
+    `balances`."""
+    def record(group: list[dict[str, Any]], statement: Any) -> set[str]:
         try:
-            return set(fastsql.record_many(group, balances=balances))
+            return set(statement(group))
         except IntegrityError:  # raced the web's abandon() or a journal replay: go call by call
             return set()
 
-    recorded = record(rows)
-    if len(rows) > 1:  # the group as a whole was refused or raced: what fits, call by call
-        for row in rows:
-            if row["id"] not in recorded:
-                recorded |= record([row])
-    missing = {row["id"]: row for row in rows if row["id"] not in recorded}
+    def each(group: list[dict[str, Any]], statement: Any) -> set[str]:
+        done = record(group, statement) if group else set()
+        if len(group) > 1:  # the group as a whole was refused or raced: what fits, call by call
+            for row in group:
+                if row["id"] not in done:
+                    done |= record([row], statement)
+        return done
+
+    def reserved(group: list[dict[str, Any]]) -> dict[str, int]:
+        return fastsql.record_reserved(group, worker=group[0]["worker"], balances=balances)
+
+    def plain(group: list[dict[str, Any]]) -> dict[str, int]:
+        return fastsql.record_many(group, balances=balances)
+
+    recorded: set[str] = set()
+    for worker in {row["worker"] for row in rows if row["charged"]}:  # one worker's reserve per statement
+        recorded |= each([row for row in rows if row["charged"] and row["worker"] == worker], reserved)
+    pending = [row for row in rows if row["id"] not in recorded]
+    recorded |= each(pending, plain)
+    dry = {int(row["account_id"]) for row in pending if row["charged"] and row["id"] in recorded}
+    if dry:
+        log.warning("answered calls of accounts %s were charged outside their worker's reserve", sorted(dry))
+    missing = {row["id"]: row for row in pending if row["id"] not in recorded}
     if missing:
         existing = set(Prediction.objects.filter(pk__in=list(missing)).values_list("pk", flat=True))
         missing = {pid: row for pid, row in missing.items() if pid not in existing}
-    dry = set()
     for pid, row in missing.items():
         log.warning("call %s was answered but its account no longer covers %s µc: recorded uncharged",
                     pid, row["charged"])
         dry.add(int(row["account_id"]))
-        recorded |= record([{**row, "charged": 0, "hold_amount": 0}])
+        recorded |= record([{**row, "charged": 0, "hold_amount": 0}], plain)
     return recorded, dry
 
 

@@ -54,9 +54,17 @@ GROUP_MAX = 16  # calls popped at once from one list (admitted and settled in on
 FLUSH_S = 0.005  # within a popped group, settle and reply at least this often (long-running models)
 # Postpaid admission: a deferred call whose account this worker saw, within BALANCE_VIEW_S, with
 # at least POSTPAID_HEADROOM times the holds of its popped group runs without a prior admission
-# statement; it is admitted and settled in one statement after the run (fastsql.RECORD_MANY).
+# statement; it is admitted and settled in one statement after the run (fastsql.RECORD_RESERVED).
 POSTPAID_HEADROOM = 64
 BALANCE_VIEW_S = 2.0
+# A postpaid call's charge is committed before its answer leaves: the worker first keeps part of
+# the account's balance as its reserve (billing.PostpaidReserve, which holds of other calls
+# cannot take), runs a call postpaid only while what it has not spent of that reserve covers the
+# call's hold, and its recording draws the charge from it. The reserve is topped up (after the
+# replies) to RESERVE_CALLS calls' holds when under half of that, and returned after
+# RESERVE_IDLE_S without postpaid calls of the account.
+RESERVE_CALLS = 2 * GROUP_MAX
+RESERVE_IDLE_S = 10.0
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Call:
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
     postpaid: bool = False  # runs and is answered before its admission, which its recording does
     answered: bool = False  # its reply is sent: whatever fails after, it is not failed
+    exposure: int = 0  # µc of its worker's reserve it may draw (its hold, then its charge once run)
 
     @property
     def rows(self) -> int:
@@ -156,6 +165,15 @@ class ServingLoop:
         self.admission_token: bytes | None = None
         # Rows of postpaid calls answered but not recorded yet (the database failed): see _record.
         self.unrecorded: list[dict[str, Any]] = []
+        # Postpaid reserves (see RESERVE_CALLS), per account id: what this worker's reserve in
+        # the database holds (as its own statements left it; never more than the row), what
+        # its postpaid calls may still draw from it (holds of calls running, charges of calls
+        # answered and not recorded), the largest hold of the account's recent calls, and
+        # when a call last ran postpaid against it.
+        self.reserve: dict[int, int] = {}
+        self.exposure: dict[int, int] = {}
+        self.call_hold: dict[int, int] = {}
+        self.reserve_used: dict[int, float] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -171,6 +189,7 @@ class ServingLoop:
         self.stopping.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        self._release_reserves(idle_s=0.0)
         try:
             self.redis.hdel(dispatch.workers_key(), self.worker_id)
         except redis.RedisError:
@@ -267,6 +286,7 @@ class ServingLoop:
             try:
                 popped = self._pop(queues)
                 if popped is None:
+                    self._release_reserves(idle_s=RESERVE_IDLE_S)
                     continue
                 close_old_connections()
                 calls = self._collect(*popped)
@@ -386,22 +406,81 @@ class ServingLoop:
 
     def _mark_postpaid(self, deferred: list[Call]) -> None:
         """Mark the calls that may run before their admission: those of accounts this worker saw
-        recently with at least POSTPAID_HEADROOM times the group's holds. They are answered and
-        then admitted by their recording statement (`_record`: never below zero; a call its
-        account no longer covers then is recorded uncharged); every other call is admitted
-        before it runs, so an account near empty always gets its 402 before anything runs."""
+        recently with at least POSTPAID_HEADROOM times the group's holds, while the unspent part
+        of its reserve of the account covers those holds (which it then counts as spent until
+        the calls are recorded). They are answered and then admitted by their recording
+        statement (`_record`), which draws their charges from the reserve; every other call is
+        admitted before it runs, so an account near empty always gets its 402 before anything
+        runs."""
         if not fastsql.available():
             return
         holds: dict[int, int] = {}
         for call in deferred:
             row = call.header["admit"]
-            holds[row["account_id"]] = holds.get(row["account_id"], 0) + int(row["hold_amount"])
+            account_id, hold = row["account_id"], int(row["hold_amount"])
+            holds[account_id] = holds.get(account_id, 0) + hold
+            self.call_hold[account_id] = max(hold, self.call_hold.get(account_id, 0))  # sizes the reserve
         now = time.monotonic()
-        for call in deferred:
-            account_id = call.header["admit"]["account_id"]
+        allowed = set()
+        for account_id, total in holds.items():
             seen = self.balances.get(account_id)
-            call.postpaid = (seen is not None and now - seen[1] <= BALANCE_VIEW_S
-                             and seen[0] >= POSTPAID_HEADROOM * holds[account_id])
+            if seen is None or now - seen[1] > BALANCE_VIEW_S or seen[0] < POSTPAID_HEADROOM * total:
+                continue
+            if total and self.reserve.get(account_id, 0) - self.exposure.get(account_id, 0) < total:
+                continue  # not covered by this worker's reserve (yet: see _top_up)
+            allowed.add(account_id)
+            self.reserve_used[account_id] = now
+        for call in deferred:
+            row = call.header["admit"]
+            if row["account_id"] in allowed:
+                call.postpaid = True
+                self._expose(row["account_id"], int(row["hold_amount"]), call)
+
+    def _expose(self, account_id: int, amount: int, call: Call) -> None:
+        """Set `call`'s exposure on its account's reserve to `amount` µc."""
+        self.exposure[account_id] = self.exposure.get(account_id, 0) + amount - call.exposure
+        call.exposure = amount
+
+    def _top_up(self, account_ids: set[int]) -> None:
+        """Top up this worker's reserves of `account_ids` that the account's recent balance
+        allows (POSTPAID_HEADROOM calls' holds) and that are under half of RESERVE_CALLS calls'
+        holds, to that. After the replies: off the callers' wait."""
+        now = time.monotonic()
+        for account_id in account_ids:
+            hold = self.call_hold.get(account_id, 0)
+            seen = self.balances.get(account_id)
+            if not hold or seen is None or now - seen[1] > BALANCE_VIEW_S or seen[0] < POSTPAID_HEADROOM * hold:
+                continue
+            target = RESERVE_CALLS * hold
+            unspent = self.reserve.get(account_id, 0) - self.exposure.get(account_id, 0)
+            if unspent >= target // 2:
+                continue
+            try:
+                added = services.billing.reserve_top_up(account_id=account_id, worker=self.worker_id,
+                                                        amount=target - unspent)
+            except DatabaseError as exc:
+                log.warning("reserve of account %s not topped up: %s", account_id, exc)
+                return
+            if added:
+                self.reserve[account_id] = self.reserve.get(account_id, 0) + target - unspent
+                self.reserve_used.setdefault(account_id, now)
+
+    def _release_reserves(self, *, idle_s: float) -> None:
+        """Return the reserves no postpaid call used for `idle_s` seconds and none still draws on."""
+        if self.unrecorded:
+            return  # their recordings draw on the reserves
+        now = time.monotonic()
+        for account_id in list(self.reserve):  # a view reset to 0 may still have a row to return
+            if self.exposure.get(account_id, 0) or now - self.reserve_used.get(account_id, 0.0) < idle_s:
+                continue
+            try:
+                services.billing.reserve_release(account_id=account_id, worker=self.worker_id)
+            except DatabaseError as exc:
+                log.warning("reserve of account %s not returned: %s", account_id, exc)
+                return
+            self.reserve.pop(account_id, None)
+            self.reserve_used.pop(account_id, None)
+            self.call_hold.pop(account_id, None)
 
     def _saw_balances(self, balances: dict[int, int]) -> None:
         now = time.monotonic()
@@ -455,6 +534,7 @@ class ServingLoop:
             log.info("call %s failed: %s (%s)", call.header["id"], code, message)
             if call.postpaid:  # never admitted: recorded failed, nothing held (unless the web did)
                 services.prediction_abandon(row=call.header["admit"], code=code, message=message)
+                self._expose(call.header["admit"]["account_id"], 0, call)  # it draws nothing
             else:
                 services.prediction_fail(prediction_id=call.header["id"], code=code, message=message)
             metrics.record_failure(model=str(call.header.get("model", "")), version=call.header["version_id"],
@@ -656,6 +736,7 @@ class ServingLoop:
             with request_id_bound(d.call.header.get("request_id")):
                 log.info("call %s served: batch %d, compute %d us", d.call.header["id"], d.batch_size, d.compute_us)
         self._record(unrecorded)
+        self._top_up({d.call.header["admit"]["account_id"] for d in done if "admit" in d.call.header})
 
     def _served_rows(self, done: list[tuple[Done, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
         """The complete rows (RECORD_MANY's) of executed postpaid calls, by prediction id."""
@@ -663,6 +744,7 @@ class ServingLoop:
         for d, row in done:
             admit = d.call.header["admit"]
             charged = min(row["price"], int(admit["hold_amount"]))
+            self._expose(admit["account_id"], charged, d.call)  # until its recording draws it
             full[admit["id"]] = {
                 **admit, "status": "succeeded", "output": row["output"], "metrics": row["metrics"],
                 "hardware": self.cache.hardware, "worker": self.worker_id, "started_at": row["started_at"],
@@ -671,13 +753,16 @@ class ServingLoop:
 
     def _record(self, rows: list[dict[str, Any]]) -> None:
         """Admit and settle, in one statement, postpaid calls whose replies are already sent
-        (services.predictions_record_served). Recording after the reply takes the statement
-        (~0.7 ms at c=1, a quarter of the call) off the caller's wait. Nothing is lost if this
-        worker dies before the statement commits: the rows went to Redis with the replies (this
+        (services.predictions_record_served), drawing their charges from this worker's
+        reserves. Recording after the reply takes the statement (~0.7 ms at c=1, a quarter of
+        the call) off the caller's wait; the reserve, which holds of other calls cannot take,
+        is what makes the answered charge certain to be paid. Nothing is lost if this worker
+        dies before the statement commits: the rows went to Redis with the replies (this
         worker's journal, written ahead of them in the same pipeline), and the reaper records
-        them (services.predictions_reap). A reader of the prediction in between finds it in the
-        journal and waits for its row (api.prediction_for). Should the database fail, the rows
-        stay in `unrecorded` (and in the journal) and go again with the next group."""
+        them (services.predictions_reap) before it returns the dead worker's reserves. A reader
+        of the prediction in between finds it in the journal and waits for its row
+        (api.prediction_for). Should the database fail, the rows stay in `unrecorded` (and in
+        the journal) and go again with the next group."""
         if not rows:
             return
         balances: dict[int, int] = {}
@@ -688,6 +773,14 @@ class ServingLoop:
             log.warning("recording %d answered calls failed (%s); retried with the next group", len(rows), exc)
             return
         self.unrecorded = []
-        for account_id in dry:
+        drawn: dict[int, int] = {}
+        for row in rows:
+            drawn[row["account_id"]] = drawn.get(row["account_id"], 0) + int(row["charged"])
+        for account_id, amount in drawn.items():
+            self.exposure[account_id] = self.exposure.get(account_id, 0) - amount
+            if account_id in self.reserve:  # an upper bound of what the row lost (exact as a rule)
+                self.reserve[account_id] -= amount
+        for account_id in dry:  # not (all) drawn from the reserve: trust no view of the account
             self.balances.pop(account_id, None)  # admit first from now on
+            self.reserve[account_id] = 0  # what the database holds is at least this
         self._saw_balances(balances)

@@ -137,12 +137,24 @@ def _admit_v2(request: HttpRequest, owner: str, name: str, number: int | None,
         for out in parsed.outputs:
             if out.name not in known:
                 raise Problem(400, f"unknown output '{out.name}'")
-    timeout_us = parsed.parameters.get("timeout")  # Triton's per-request timeout, in microseconds
-    deadline_s = services.call_deadline_s(timeout_us / 1000.0 if isinstance(timeout_us, int | float) else None)
+    deadline_s = services.call_deadline_s(_timeout_ms(parsed.parameters))
+    max_price = services.max_price_header(request.META.get("HTTP_MODELPORT_MAX_PRICE"))
     admission = services.prediction_admit(user=user, api_key=api_key, version=version, protocol="v2",
-                                          deadline_s=deadline_s,
-                                          request_id=current_request_id(), defer=True, local_only=local_only)
+                                          deadline_s=deadline_s, request_id=current_request_id(), defer=True,
+                                          local_only=local_only, max_price=max_price)
     return admission, arrays, parsed
+
+
+def _timeout_ms(parameters: dict[str, Any]) -> float | None:
+    """The request's `parameters.timeout` (Triton's per-request timeout, in microseconds) in
+    milliseconds, None when absent; anything but a positive number is refused (400), as the
+    native API refuses a bad Modelport-Deadline-Ms."""
+    timeout_us = parameters.get("timeout")
+    if timeout_us is None:
+        return None
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float):
+        raise Problem(400, f"parameter 'timeout' must be a number of microseconds, not {json.dumps(timeout_us)[:40]}")
+    return timeout_us / 1000.0
 
 
 def _problem(problem: Problem) -> HttpResponse:

@@ -249,6 +249,10 @@ def parse_infer_request(
     )
 
 
+def _refuse_constant(name: str) -> None:
+    raise V2ProtocolError(f"inference request header holds {name}, which is not JSON (a binary tensor can carry it)")
+
+
 def _check_header_length(header_length: int | str | None, body_length: int) -> int:
     if header_length is None:
         return body_length
@@ -274,9 +278,10 @@ def _load_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise V2ProtocolError("inference request header is not valid UTF-8") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
     # ValueError covers malformed JSON and integers past the str-to-int digit limit;
-    # RecursionError deeply nested arrays.
+    # RecursionError deeply nested arrays. NaN and Infinity are not JSON: refused
+    # (_refuse_constant), as the native API refuses them.
     except (ValueError, RecursionError):
         raise V2ProtocolError("inference request header is not valid JSON") from None
     if not isinstance(value, dict):
@@ -485,14 +490,12 @@ def _decode_json_tensor(spec: _InputSpec) -> np.ndarray:
     if not all(type(value) is float or type(value) is int for value in flat):
         raise V2ProtocolError(f"input {label} ({datatype}) 'data' must hold only numbers")
     largest = float(np.finfo(spec.dtype).max)
-    # inf and nan are allowed (Python's json reads Infinity and NaN); finite values must fit.
-    if any(abs(value) > largest and not _is_infinite(value) for value in flat):
-        raise V2ProtocolError(f"input {label} ({datatype}) 'data' has a value out of range")
+    # JSON has no NaN or infinity: the literals are refused by the parser, and a number too
+    # large for a double (1e999, which Python reads as inf) or for the dtype is out of range,
+    # as in the native API. Binary tensors carry any IEEE value.
+    if any(not abs(value) <= largest for value in flat):
+        raise V2ProtocolError(f"input {label} ({datatype}) 'data' has a value out of range (or not finite)")
     return np.array([float(value) for value in flat], dtype=spec.dtype).reshape(spec.shape)
-
-
-def _is_infinite(value: float | int) -> bool:
-    return type(value) is float and value in (float("inf"), float("-inf"))
 
 
 def _flatten(label: str, data: list[Any], shape: tuple[int, ...], count: int) -> list[Any]:

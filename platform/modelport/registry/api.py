@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -22,13 +23,19 @@ from modelport.registry.models import Model, ModelVersion
 
 def model_data(model: Model) -> dict[str, Any]:
     default = selectors.version_default(model=model)
+    now = timezone.now()
+    royalty = selectors.royalty_at(model, now)
+    pending = None
+    if model.royalty_pending is not None and royalty != model.royalty_pending:  # not in force yet
+        pending = {"value": model.royalty_pending / MICRO, "effective_at": model.royalty_pending_at.isoformat()}
     return {
         "owner": model.owner.username,
         "name": model.name,
         "visibility": model.visibility,
         "description": model.description,
         "default_version": default.number if default else None,
-        "royalty": model.royalty_per_call / MICRO,
+        "royalty": royalty / MICRO,
+        "royalty_pending": pending,
         "created_at": model.created_at.isoformat(),
     }
 
@@ -64,19 +71,29 @@ class ModelPatchSerializer(serializers.Serializer):
     royalty = serializers.DecimalField(required=False, max_digits=12, decimal_places=6, min_value=Decimal(0),
                                        coerce_to_string=False,
                                        help_text="credits per call paid by other callers to the owner: a number "
-                                                 "(or a numeric string) with at most six decimal places")
+                                                 "(or a numeric string) with at most six decimal places, at most "
+                                                 "MODELPORT_MAX_ROYALTY_CREDITS (default 100); an increase "
+                                                 "applies after MODELPORT_ROYALTY_NOTICE_S (default 24 h, "
+                                                 "shown as royalty_pending), a decrease at once")
     visibility = serializers.ChoiceField(choices=Model.Visibility.choices, required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
 
 # --- shapes for the OpenAPI schema (the views build their answers with model_data/version_data) ---
+class RoyaltyPendingSerializer(serializers.Serializer):
+    value = serializers.FloatField(help_text="credits per call from effective_at on")
+    effective_at = serializers.DateTimeField()
+
+
 class ModelSerializer(serializers.Serializer):
     owner = serializers.CharField()
     name = serializers.CharField()
     visibility = serializers.ChoiceField(choices=Model.Visibility.choices)
     description = serializers.CharField(allow_blank=True)
     default_version = serializers.IntegerField(allow_null=True)
-    royalty = serializers.FloatField(help_text="credits per call paid by other callers to the owner")
+    royalty = serializers.FloatField(help_text="credits per call paid by other callers to the owner, now")
+    royalty_pending = RoyaltyPendingSerializer(allow_null=True,
+                                               help_text="an increase announced and not in force yet, else null")
     created_at = serializers.DateTimeField()
 
 
@@ -186,12 +203,10 @@ class ModelDetailView(APIView):
         if "default_version" in data:
             model = services.model_set_default(model=model, number=data["default_version"])
         if "royalty" in data:
-            data["royalty_per_call"] = int(data.pop("royalty") * MICRO)
-        changed = [f for f in ("visibility", "description", "royalty_per_call") if f in data]
-        for field in changed:
-            setattr(model, field, data[field])
-        if changed:
-            model.save(update_fields=changed)
+            model = services.model_set_royalty(model=model, royalty=int(data.pop("royalty") * MICRO))
+        if "visibility" in data or "description" in data:  # the dashboard's model page uses the same service
+            model = services.model_update(model=model, visibility=data.get("visibility"),
+                                          description=data.get("description"))
         return Response(model_data(model))
 
 

@@ -22,6 +22,10 @@ class Model(models.Model):
         "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     royalty_per_call = models.BigIntegerField(default=0, help_text="µc credited to the owner per call by others")
+    # A royalty increase waits out MODELPORT_ROYALTY_NOTICE_S: until `royalty_pending_at` calls
+    # pay `royalty_per_call`, from then on `royalty_pending` (registry.selectors.royalty_at).
+    royalty_pending = models.BigIntegerField(null=True, blank=True, help_text="µc per call from royalty_pending_at")
+    royalty_pending_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

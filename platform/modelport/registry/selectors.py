@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -31,6 +32,22 @@ def model_access(*, user: AbstractBaseUser | None, owner: str, name: str, write:
     if write and not is_owner:
         raise Problem(403, f"only the owner can change {owner}/{name}")
     return model
+
+
+def royalty_at(model: Model, now: datetime) -> int:
+    """The royalty (µc) a call of `model` admitted at `now` pays: a pending increase applies
+    from its `royalty_pending_at` on. Attribute reads and a compare: it runs on every call."""
+    pending = model.royalty_pending
+    if pending is not None and model.royalty_pending_at is not None and now >= model.royalty_pending_at:
+        return pending
+    return model.royalty_per_call
+
+
+def model_called_by_others(*, model: Model) -> bool:
+    """Whether anyone but its owner has called `model` (any version, any outcome)."""
+    from modelport.gateway.models import Prediction
+
+    return Prediction.objects.filter(version__model_id=model.pk).exclude(user_id=model.owner_id).exists()
 
 
 def models_visible(*, user: AbstractBaseUser) -> QuerySet[Model]:

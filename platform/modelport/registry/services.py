@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 import kombu.exceptions
@@ -20,7 +21,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone
 
+from modelport.billing.models import MICRO
 from modelport.common.problems import Problem
+from modelport.registry import selectors
 from modelport.registry.models import Model, ModelVersion
 from modelport.registry.storage import artifact_store
 from workers import upload_rules
@@ -86,13 +89,36 @@ def model_set_default(*, model: Model, number: int) -> Model:
     return model
 
 
+def model_set_royalty(*, model: Model, royalty: int, now: datetime | None = None) -> Model:
+    """Set what other callers pay the owner per call (µc), at most MODELPORT_MAX_ROYALTY_CREDITS
+    (400 above). A decrease (or no change) applies at once and cancels any pending increase; an
+    increase applies MODELPORT_ROYALTY_NOTICE_S from now (a later increase starts its notice
+    again), so no caller pays a price they could not have seen — unless nobody but the owner has
+    ever called the model (there is no caller to give notice to). Saving the model sets a new
+    resolution generation (signals), so calls see the change at once."""
+    ceiling = settings.MODELPORT_MAX_ROYALTY_CREDITS * MICRO
+    if royalty > ceiling:
+        raise Problem(400, f"royalty may be at most {settings.MODELPORT_MAX_ROYALTY_CREDITS} credits per call",
+                      errors={"royalty": [f"at most {settings.MODELPORT_MAX_ROYALTY_CREDITS}"]})
+    now = now or timezone.now()
+    current = selectors.royalty_at(model, now)
+    notice = timedelta(seconds=settings.MODELPORT_ROYALTY_NOTICE_S)
+    if royalty <= current or not notice or not selectors.model_called_by_others(model=model):
+        model.royalty_per_call, model.royalty_pending, model.royalty_pending_at = royalty, None, None
+    else:
+        model.royalty_per_call, model.royalty_pending, model.royalty_pending_at = current, royalty, now + notice
+    model.save(update_fields=["royalty_per_call", "royalty_pending", "royalty_pending_at"])
+    return model
+
+
 def _parse_json_field(name: str, raw: str | None, kind: type) -> Any:
     if raw in (None, ""):
         return None
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Problem(400, f"{name} is not valid JSON: {exc}", errors={name: [str(exc)]}) from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply for the parser
+        message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise Problem(400, f"{name} is not valid JSON: {message}", errors={name: [message]}) from None
     if not isinstance(value, kind):
         raise Problem(400, f"{name} must be a JSON {kind.__name__}", errors={name: [f"expected {kind.__name__}"]})
     return value
