@@ -17,7 +17,6 @@ Goals (issue 19): batched torch runtime >= 0.8x eager; c=1 p50 overhead <= 1 ms 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -33,18 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.integration import torch_models as models  # noqa: E402
 from workers.torch_runtime import TorchLimits, TorchModelSpec, TorchSession  # noqa: E402
 
-SOURCE = REPO / "tests" / "integration" / "torch_models.py"
-
-
-def _models() -> object:
-    spec = importlib.util.spec_from_file_location("mp_bench_torch_models", SOURCE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SOURCE = Path(models.__file__)
 
 
 def timed(fn: Callable[[], object], seconds: float) -> list[float]:
@@ -119,7 +110,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    models = _models()
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     results = {}

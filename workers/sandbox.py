@@ -302,17 +302,7 @@ def run_in_sandbox(
     Raises `SandboxUnavailable` when isolation is impossible and `allow_unsandboxed` is False, and
     `SandboxError` when setup fails. Ownership of `scratch` passes to the job's uid.
     """
-    if not argv or not os.path.isabs(argv[0]):
-        raise ValueError("argv[0] must be an absolute path")
-    if not scratch.is_dir():
-        raise ValueError(f"scratch {scratch} is not a directory")
-    level, reason = _probe()
-    if level == "none" and not allow_unsandboxed:
-        raise SandboxUnavailable(
-            f"cannot isolate untrusted code on this host ({reason}); user namespaces with mount "
-            "namespaces are required (in containers: allow unshare/mount in seccomp or grant "
-            "SYS_ADMIN), or pass allow_unsandboxed=True for trusted development use only"
-        )
+    level = _isolation_for(argv, scratch, allow_unsandboxed)
     scratch = scratch.resolve()
     return _launch(
         argv=list(argv),
@@ -324,6 +314,23 @@ def run_in_sandbox(
         report_name=report_name,
         use_cgroups=True,
     )
+
+
+def _isolation_for(argv: Sequence[str], scratch: Path, allow_unsandboxed: bool) -> str:
+    """The isolation level a job gets ("namespaces" or, when allowed, "none"), after checking
+    its arguments; raises SandboxUnavailable when it can't be isolated and that isn't allowed."""
+    if not argv or not os.path.isabs(argv[0]):
+        raise ValueError("argv[0] must be an absolute path")
+    if not scratch.is_dir():
+        raise ValueError(f"scratch {scratch} is not a directory")
+    level, reason = _probe()
+    if level == "none" and not allow_unsandboxed:
+        raise SandboxUnavailable(
+            f"cannot isolate untrusted code on this host ({reason}); user namespaces with mount "
+            "namespaces are required (in containers: allow unshare/mount in seccomp or grant "
+            "SYS_ADMIN), or pass allow_unsandboxed=True for trusted development use only"
+        )
+    return level
 
 
 def _expose_paths(executable: str, scratch: Path, readable: Sequence[Path]) -> tuple[str, ...]:
@@ -635,13 +642,7 @@ def start_in_sandbox(
 
     Raises `SandboxUnavailable` / `SandboxError` like `run_in_sandbox`.
     """
-    if not argv or not os.path.isabs(argv[0]):
-        raise ValueError("argv[0] must be an absolute path")
-    if not scratch.is_dir():
-        raise ValueError(f"scratch {scratch} is not a directory")
-    level, reason = _probe()
-    if level == "none" and not allow_unsandboxed:
-        raise SandboxUnavailable(f"cannot isolate untrusted code on this host ({reason})")
+    level = _isolation_for(argv, scratch, allow_unsandboxed)
     scratch = scratch.resolve()
     namespaces = level == "namespaces"
     argv = list(argv)

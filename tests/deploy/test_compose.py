@@ -424,7 +424,9 @@ def test_redis_url_points_at_the_redis_service() -> None:
 def test_artifact_root_is_the_shared_named_volume() -> None:
     svc = services()
     roots = set()
-    for name in {"web"} | WORKERS:
+    # The webhooks worker touches no artifact: it delivers JSON and mounts nothing.
+    assert named_volume_mounts(svc["worker-webhooks"]) == {}
+    for name in {"web"} | WORKERS - {"worker-webhooks"}:
         root = env_of(svc[name])["MODELPORT_ARTIFACT_ROOT"]
         assert probes()[name]["settings"]["MODELPORT_ARTIFACT_ROOT"] == root
         mounts = named_volume_mounts(svc[name])

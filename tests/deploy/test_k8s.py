@@ -57,7 +57,7 @@ SECRET_VALUES = {
 }
 # Kubernetes workload -> the compose service whose process it runs (per overlay for the pool).
 COMPOSE_OF = {"web": "web", "worker-convert": "worker-convert", "beat": "beat", "migrate": "migrate",
-              "worker-control": "worker-cpu"}
+              "worker-control": "worker-cpu", "worker-webhooks": "worker-webhooks"}
 SERVING_COMPOSE = {"cpu": "worker-cpu", "gpu": "worker-gpu"}
 WORKLOAD_KINDS = {"Deployment", "Job"}
 
@@ -278,7 +278,7 @@ def test_each_workload_runs_the_compose_services_image_and_command(overlay: str)
         for init in pod_spec(workload).get("initContainers") or []:
             assert init["image"] == main["image"] and "command" not in init, name
     assert {compose_service(overlay, n) for n in workloads(overlay)} == {
-        "web", "worker-convert", SERVING_COMPOSE[overlay], "worker-cpu", "beat", "migrate"}
+        "web", "worker-convert", SERVING_COMPOSE[overlay], "worker-cpu", "worker-webhooks", "beat", "migrate"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -548,7 +548,7 @@ def test_availability_web_hpa_pdbs_and_the_migration_job(overlay: str) -> None:
     assert hpa["spec"]["minReplicas"] >= 2
     pdbs = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]: p["spec"]
             for p in objects(overlay, "PodDisruptionBudget").values()}
-    assert set(pdbs) == {"web", "worker-convert", "worker-control", "worker-serving"}
+    assert set(pdbs) == {"web", "worker-convert", "worker-control", "worker-webhooks", "worker-serving"}
     for component in pdbs:
         labels = workloads(overlay)[component]["spec"]["template"]["metadata"]["labels"]
         assert labels["app.kubernetes.io/component"] == component
@@ -596,8 +596,11 @@ def test_serving_and_conversion_pods_reach_only_postgresql_redis_and_dns(overlay
                 assert all("ipBlock" in p and "except" not in p["ipBlock"] for p in peers), rule
         ingress = _allowed(overlay, labels, "ingress")
         assert all({(p["protocol"], p["port"]) for p in r["ports"]} == {("TCP", 9100)} for r in ingress), ingress
+    # Webhooks leave from their own worker only; the control worker reaches the data stores alone.
+    hooks = workloads(overlay)["worker-webhooks"]["spec"]["template"]["metadata"]["labels"]
+    assert any({p["port"] for p in r["ports"]} == {443, 80} for r in _allowed(overlay, hooks, "egress"))
     control = workloads(overlay)["worker-control"]["spec"]["template"]["metadata"]["labels"]
-    assert any({p["port"] for p in r["ports"]} == {443, 80} for r in _allowed(overlay, control, "egress"))
+    assert not any({443, 80} & {p["port"] for p in r["ports"]} for r in _allowed(overlay, control, "egress"))
     web = workloads(overlay)["web"]["spec"]["template"]["metadata"]["labels"]
     assert [{p["port"] for p in r["ports"]} for r in _allowed(overlay, web, "ingress")] == [{8000}]
 

@@ -4,7 +4,6 @@ same answers as eager PyTorch, and its faults end calls cleanly and uncharged.""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -17,23 +16,14 @@ from modelport.registry.selectors import REPORT_FIELDS
 from safetensors.torch import save_file
 
 from tests.conftest import wait_recorded
+from tests.integration import torch_models as MODELS
 from tests.stack import REPO
 
 pytestmark = pytest.mark.integration
 
-SOURCE = Path(__file__).with_name("torch_models.py")
+SOURCE = Path(MODELS.__file__)  # sent as the uploads' source
 
 
-def _models() -> Any:
-    spec = importlib.util.spec_from_file_location("mp_torch_models", SOURCE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MODELS = _models()
 
 
 def upload(api: Any, tmp_path: Path, name: str, model: torch.nn.Module, entrypoint: str, inputs: list[dict],

@@ -11,27 +11,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.integration import torch_models
 from workers.runtime import ModelCache
 from workers.torch_runtime import TorchModelSpec
 
 pytestmark = pytest.mark.usefixtures("isolated")
 
-SOURCE = Path(__file__).resolve().parents[1] / "integration" / "torch_models.py"
+SOURCE = Path(torch_models.__file__)
 SIGNATURE = {"inputs": [{"name": "x", "dtype": "float32", "shape": [None, 4]}],
              "outputs": [{"name": "output", "dtype": "float32", "shape": [None, 3]}]}
 
 
 def _spec(tmp_path: Path, seed: int) -> TorchModelSpec:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mp_torch_models_w", SOURCE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     torch.manual_seed(seed)
     weights = tmp_path / f"branch{seed}.safetensors"
-    save_file(module.Branch().state_dict(), str(weights))
+    save_file(torch_models.Branch().state_dict(), str(weights))
     return TorchModelSpec(fmt="state_dict", artifact=weights, source=SOURCE, entrypoint="Branch", init_kwargs={},
                           signature=SIGNATURE, artifact_suffix=".safetensors")
 
