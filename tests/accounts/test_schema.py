@@ -65,8 +65,9 @@ def test_every_v2_route_is_in_the_schema(document: dict[str, Any]) -> None:
 def test_call_headers_are_documented(document: dict[str, Any]) -> None:
     for path in (NATIVE_CREATE, "/api/v1/models/{owner}/{name}/versions/{number}/predictions"):
         params = {p["name"]: p for p in document["paths"][path]["post"]["parameters"] if p["in"] == "header"}
-        assert set(params) == {"Prefer", "Idempotency-Key", "Modelport-Deadline-Ms"}
+        assert set(params) == {"Prefer", "Idempotency-Key", "Modelport-Deadline-Ms", "Modelport-Max-Price"}
         assert "wait=N" in params["Prefer"]["description"]
+        assert "412" in params["Modelport-Max-Price"]["description"]
         assert "milliseconds" in params["Modelport-Deadline-Ms"]["description"]
         assert params["Modelport-Deadline-Ms"]["schema"]["type"] == "number"
 

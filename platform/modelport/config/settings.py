@@ -268,6 +268,12 @@ SPECTACULAR_SETTINGS = {
         "modelport.accounts.schema.native_prediction_paths",
         "modelport.accounts.schema.v2_paths",
     ],
+    # A version's `runtime` (what serves it) and an upload's `runtime` (what is asked for) are two
+    # choice sets with one field name.
+    "ENUM_NAME_OVERRIDES": {
+        "VersionRuntimeEnum": "modelport.registry.models.ModelVersion.Runtime",
+        "RequestedRuntimeEnum": "modelport.registry.models.ModelVersion.RequestedRuntime",
+    },
     # Swagger UI and ReDoc from the installed sidecar package: nothing loads from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
