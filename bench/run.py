@@ -241,6 +241,8 @@ class Platform:
             DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}", REDIS_URL="redis://127.0.0.1:6379/11",
             MODELPORT_REDIS_PREFIX=self.prefix, MODELPORT_ARTIFACT_ROOT=str(tmp / "artifacts"),
             MODELPORT_RATE_LIMIT="1000000/second", MODELPORT_LOG_LEVEL="WARNING",
+            # The bench uploads its five versions at once: past the per-account upload throttle.
+            MODELPORT_UPLOAD_MAX_IN_PROGRESS="16", MODELPORT_UPLOAD_RATE_LIMIT="100/minute",
         )
         self.procs: list[stk.Proc] = []
         self.port = stk.free_port()
@@ -308,15 +310,19 @@ def main() -> int:
             client.post("/api/v1/models", json={"name": "mlp"})
             for name in CNNS:
                 client.post("/api/v1/models", json={"name": name})
-            client.post("/api/v1/models/bench/mlp/versions", data={"format": "onnx"},
-                        files={"artifact": ("mlp.onnx", mlp.read_bytes())})
+            uploads = [("mlp", mlp)]
             cnn_files = {name: cnn_onnx(tmp / f"{name}.onnx", dense_head=name == "cnn-dense") for name in CNNS}
-            for name, path in cnn_files.items():
-                for _ in range(2):  # v1: no batching, v2: batching up to 16
-                    client.post(f"/api/v1/models/bench/{name}/versions", data={"format": "onnx"},
-                                files={"artifact": (path.name, path.read_bytes())})
+            uploads += [(name, path) for name, path in cnn_files.items() for _ in range(2)]  # v1 unbatched, v2 batched
+            for name, path in uploads:
+                resp = client.post(f"/api/v1/models/bench/{name}/versions", data={"format": "onnx"},
+                                   files={"artifact": (path.name, path.read_bytes())})
+                if resp.status_code != 202:
+                    raise SystemExit(f"bench: uploading {name} answered {resp.status_code}: {resp.text[:300]}")
+            deadline = time.monotonic() + 600
             for path in ["mlp/versions/1"] + [f"{n}/versions/{v}" for n in CNNS for v in (1, 2)]:
-                while client.get(f"/api/v1/models/bench/{path}").json()["status"] not in ("ready", "failed"):
+                while client.get(f"/api/v1/models/bench/{path}").json().get("status") not in ("ready", "failed"):
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"bench: {path} was not ready after 600 s")
                     time.sleep(0.2)
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc",
                             "UPDATE registry_modelversion SET max_batch_size = 1 WHERE number = 1 AND model_id IN "
