@@ -5,6 +5,7 @@ same answers as eager PyTorch, and its faults end calls cleanly and uncharged.""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -145,19 +146,21 @@ def test_greedy_decoder_output_lengths_follow_the_input(user_api, tmp_path):
         assert out["metrics"]["batch_size"] == 1
 
 
-def test_hostile_forward_at_serving_time_gets_nothing(user_api, tmp_path, live, monkeypatch):
+def test_hostile_forward_at_serving_time_gets_nothing(user_api, tmp_path, live, request):
     api = user_api("tprobe")
     settings_path = REPO / "platform" / "modelport" / "config" / "settings.py"
-    model = MODELS.Probe(settings_path=str(settings_path)).eval()
+    marker = Path(tempfile.mkstemp(prefix="mp-probe-", dir="/tmp")[1])
+    request.addfinalizer(marker.unlink)
+    model = MODELS.Probe(settings_path=str(settings_path), host_marker=str(marker)).eval()
     assert os.path.exists(model.pg_socket)  # the host has what the probe looks for
     assert settings_path.is_file()
     spec = [{"name": "x", "dtype": "float32", "shape": [None, 1]}]
     version = upload(api, tmp_path, "probe", model, "Probe", spec, runtime="torch",
-                     init_kwargs={"settings_path": str(settings_path)})
+                     init_kwargs={"settings_path": str(settings_path), "host_marker": str(marker)})
     assert version["status"] == "ready", version
     assert version["runtime"] == "torch"
     out = predict(api, "probe", {"x": np.ones((1, 1), dtype=np.float32)})
-    # pg socket seen, unix connect, project file, secrets in env, TCP, host /tmp: all 0.
+    # pg socket seen, unix connect, project file, secrets in env, TCP, a host /tmp file: all 0.
     assert out["output"]["output"] == [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
 
 

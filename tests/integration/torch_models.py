@@ -63,13 +63,14 @@ class Greedy(nn.Module):
 class Probe(nn.Module):
     """Tries what a hostile forward would, at serving time, and reports what worked (1) or not (0):
     the host's PostgreSQL socket file, a unix socket, a file of the project, the worker's
-    secrets in the environment, TCP to the host's PostgreSQL, the host's /tmp."""
+    secrets in the environment, TCP to the host's PostgreSQL, a file the test left in the host's /tmp."""
 
-    def __init__(self, settings_path="", pg_socket="/var/run/postgresql/.s.PGSQL.5432"):
+    def __init__(self, settings_path="", pg_socket="/var/run/postgresql/.s.PGSQL.5432", host_marker=""):
         super().__init__()
         self.fc = nn.Linear(1, 1)
         self.settings_path = settings_path
         self.pg_socket = pg_socket
+        self.host_marker = host_marker
 
     def forward(self, x):
         flags = []
@@ -91,7 +92,7 @@ class Probe(nn.Module):
             flags.append(True)
         except OSError:
             flags.append(False)
-        flags.append(len(os.listdir("/tmp")) > 1)
+        flags.append(os.path.exists(self.host_marker))
         return torch.tensor([[float(f) for f in flags]] * x.shape[0]) + 0 * self.fc(x)
 
 

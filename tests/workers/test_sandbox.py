@@ -393,9 +393,11 @@ def test_host_logs_settings_and_directories_are_invisible(tmp_path: Path) -> Non
     assert report is not None
     assert report["visible"] == []
     assert report["home"] == "No such file or directory"
-    # /tmp holds only the way to the job's own script and scratch dir (under pytest's tmp_path).
-    own = tmp_path.resolve().relative_to("/tmp").parts[0] if str(tmp_path.resolve()).startswith("/tmp/") else None
-    assert report["tmp"] == ([own] if own else [])
+    # /tmp holds only the way to what the job was shown: its script and scratch dir (under
+    # pytest's tmp_path) and the interpreter (a checkout under /tmp has its virtualenv there).
+    shown = [tmp_path.resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+    own = sorted({p.relative_to("/tmp").parts[0] for p in shown if p.is_relative_to("/tmp")})
+    assert report["tmp"] == own
     assert set(report["root"]) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys",
                                    "tmp", "usr", *Path(sys.base_prefix).resolve().parts[1:2],
                                    *Path(sys.prefix).resolve().parts[1:2], *tmp_path.resolve().parts[1:2]}
